@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine:
+#   make train   short CRPO training on an embedded local Ray, tiny model, CPU
+#   make test    the test suite
+# Both install into .venv first (idempotent: redone only when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.crpo-ray-installed
+# CPU build of torch, installed before anything else so no CUDA build is pulled in.
+# GPU users: install your CUDA build of torch into .venv first; it is kept.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install train test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/crpo-ray train --config configs/tiny-cpu.yaml $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests $(ARGS)
+
+clean:
+	rm -rf $(VENV) .cache runs

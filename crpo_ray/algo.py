@@ -1,0 +1,268 @@
+"""CRPO: GRPO plus stage-wise entropy regularization. Pure tensor functions.
+
+Shapes: ``B`` sequences (prompts x group size), ``T`` completion tokens (padded).
+Nothing here knows about Ray, configs or models; the learner calls these with
+tensors and the config's numbers.
+
+The loss (DESIGN.md section 3)::
+
+    ratio      = exp(logprobs - old_logprobs)                        [B, T]
+    pg         = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)
+    kl         = exp(ref - logprobs) - (ref - logprobs) - 1          (k3 estimator)
+    per_token  = pg + kl_beta * kl
+    loss       = aggregate(per_token, mask)
+               + sum_k beta_k * mean_b( masked mean over stage-k tokens of entropy[b] )
+
+With every ``beta_k == 0`` the stage term is skipped and the loss is GRPO's exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+# --------------------------------------------------------------------------- schedules
+
+SCHEDULES: Dict[str, Callable[..., list]] = {}
+
+
+def register_schedule(name: str):
+    def deco(fn):
+        SCHEDULES[name] = fn
+        return fn
+
+    return deco
+
+
+@register_schedule("tanh")
+def _tanh_schedule(num_stages: int, m: float = 0.06, tau: float = 3.5) -> list:
+    """beta_t = m * tanh(t - tau) for t = 1..K (the paper: m=0.06, tau=3.5)."""
+    return [m * math.tanh(t - tau) for t in range(1, num_stages + 1)]
+
+
+@register_schedule("linear")
+def _linear_schedule(num_stages: int, start: float = -0.06, end: float = 0.06) -> list:
+    """Evenly spaced from ``start`` (first stage) to ``end`` (last stage)."""
+    if num_stages == 1:
+        return [float(start)]
+    step = (end - start) / (num_stages - 1)
+    return [start + step * i for i in range(num_stages)]
+
+
+@register_schedule("list")
+def _list_schedule(num_stages: int, betas: Sequence[float] = ()) -> list:
+    """Explicit per-stage values."""
+    if len(betas) != num_stages:
+        raise ValueError(f"betas has {len(betas)} values but there are {num_stages} stages")
+    return [float(b) for b in betas]
+
+
+@register_schedule("none")
+def _zero_schedule(num_stages: int) -> list:
+    """Every beta 0: plain GRPO."""
+    return [0.0] * num_stages
+
+
+def stage_betas(schedule: str, num_stages: int, **params) -> list:
+    """Per-stage entropy coefficients. Negative: entropy bonus; positive: penalty."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule '{schedule}' (known: {', '.join(SCHEDULES)})")
+    if num_stages < 1:
+        raise ValueError("num_stages must be >= 1")
+    return SCHEDULES[schedule](num_stages, **params)
+
+
+def stage_betas_from_config(algo, num_stages: int) -> list:
+    """Map an ``AlgorithmConfig``-like object onto :func:`stage_betas` (plain attribute reads)."""
+    params = {
+        "tanh": {"m": algo.tanh_m, "tau": algo.tanh_tau},
+        "linear": {"start": algo.linear_start, "end": algo.linear_end},
+        "list": {"betas": list(algo.betas)},
+        "none": {},
+    }.get(algo.schedule, {})
+    return stage_betas(algo.schedule, num_stages, **params)
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4, scale_by_std: bool = True) -> Tensor:
+    """(r - mean_g) / (std_g + eps) per group of ``group_size`` consecutive samples.
+
+    ``std_g`` is the sample standard deviation (n - 1 denominator), as torch.std and
+    TRL compute it. ``rewards``: ``[N]`` with N a multiple of ``group_size``. Returns ``[N]``.
+    """
+    if group_size < 2:
+        raise ValueError("group_size must be >= 2")
+    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
+        raise ValueError(f"rewards must be 1-D with a multiple of {group_size} values, got {tuple(rewards.shape)}")
+    grouped = rewards.view(-1, group_size)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        centered = centered / (grouped.std(dim=1, keepdim=True) + eps)
+    return centered.reshape(-1)
+
+
+# --------------------------------------------------------------------------- log-probs, entropy
+
+
+def token_logprobs_and_entropy(logits: Tensor, targets: Tensor, temperature: float = 1.0):
+    """Per-token log-prob of ``targets`` and full-vocabulary entropy of ``logits / temperature``.
+
+    ``logits``: ``[B, T, V]`` predicting ``targets`` ``[B, T]``. Returns two ``[B, T]``
+    float32 tensors. Entropy is differentiable (the CRPO stage term needs its gradient).
+    """
+    log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logprobs = torch.gather(log_probs, -1, targets.long().unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    return logprobs, entropy
+
+
+# --------------------------------------------------------------------------- aggregation
+
+AGGREGATIONS: Dict[str, Callable[..., Tensor]] = {}
+
+
+def register_aggregation(name: str):
+    def deco(fn):
+        AGGREGATIONS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_aggregation("token_mean")
+def _token_mean(per_token: Tensor, mask: Tensor, num_tokens=None, num_sequences=None, max_len=None) -> Tensor:
+    """TRL's "bnpo": sum over every token of the batch / number of tokens."""
+    denom = mask.sum().clamp(min=1.0) if num_tokens is None else num_tokens
+    return (per_token * mask).sum() / denom
+
+
+@register_aggregation("seq_mean_token_mean")
+def _seq_mean_token_mean(per_token: Tensor, mask: Tensor, num_tokens=None, num_sequences=None, max_len=None) -> Tensor:
+    """TRL's "grpo": token mean within each sequence, then mean over sequences."""
+    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    denom = per_token.shape[0] if num_sequences is None else num_sequences
+    return per_seq.sum() / denom
+
+
+@register_aggregation("dr_grpo")
+def _dr_grpo(per_token: Tensor, mask: Tensor, num_tokens=None, num_sequences=None, max_len=None) -> Tensor:
+    """Dr. GRPO: sum over tokens / (sequences x maximum completion length)."""
+    seqs = per_token.shape[0] if num_sequences is None else num_sequences
+    length = per_token.shape[1] if max_len is None else max_len
+    return (per_token * mask).sum() / (seqs * length)
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def stage_entropy_means(entropies: Tensor, stage_ids: Tensor, mask: Tensor, num_stages: int) -> tuple:
+    """Per sample and stage, the mean entropy over that stage's tokens (0 where absent).
+
+    Returns ``(means [B, K], counts [B, K])``.
+    """
+    valid = mask > 0
+    onehot = (stage_ids.unsqueeze(-1) == torch.arange(num_stages, device=stage_ids.device)) & valid.unsqueeze(-1)
+    weights = onehot.to(entropies.dtype)  # [B, T, K]
+    counts = weights.sum(dim=1)  # [B, K]
+    sums = (entropies.unsqueeze(-1) * weights).sum(dim=1)
+    return sums / counts.clamp(min=1.0), counts
+
+
+def crpo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    ref_logprobs: Optional[Tensor],
+    entropies: Tensor,
+    advantages: Tensor,
+    stage_ids: Tensor,
+    mask: Tensor,
+    *,
+    stage_betas: Sequence[float],
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    kl_beta: float = 0.0,
+    aggregation: str = "token_mean",
+    num_tokens: Optional[float] = None,
+    num_sequences: Optional[float] = None,
+    max_completion_length: Optional[int] = None,
+):
+    """The CRPO loss and its metrics.
+
+    Args:
+        logprobs: ``[B, T]`` current policy log-probs of the sampled tokens (with grad).
+        old_logprobs: ``[B, T]`` log-probs of the policy that sampled them (no grad).
+        ref_logprobs: ``[B, T]`` reference-model log-probs, or None (no KL term).
+        entropies: ``[B, T]`` full-vocabulary entropy of the current policy (with grad).
+        advantages: ``[B]`` group-normalized advantages.
+        stage_ids: ``[B, T]`` int, stage index 0..K-1 of each token, -1 outside stages.
+        mask: ``[B, T]`` 1 for completion tokens, 0 for padding.
+        stage_betas: K coefficients; negative is an entropy bonus, positive a penalty.
+        num_tokens, num_sequences: global normalizers when one batch is split into
+            micro-batches or across ranks (default: this batch's own counts).
+        max_completion_length: the ``dr_grpo`` length normalizer (default: T).
+
+    Returns:
+        ``(loss, metrics)``: a scalar tensor and a dict of detached 0-d tensors.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation '{aggregation}' (known: {', '.join(AGGREGATIONS)})")
+    mask = mask.to(logprobs.dtype)
+    adv = advantages.to(logprobs.dtype).unsqueeze(1)
+    ratio = torch.exp(logprobs - old_logprobs)
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    use_kl = ref_logprobs is not None and kl_beta != 0.0
+    if use_kl:
+        delta = ref_logprobs - logprobs
+        kl = torch.exp(delta) - delta - 1.0
+        per_token = per_token + kl_beta * kl
+    agg = AGGREGATIONS[aggregation]
+    loss = agg(per_token, mask, num_tokens=num_tokens, num_sequences=num_sequences, max_len=max_completion_length)
+    pg_only = loss
+
+    num_stages = len(stage_betas)
+    means, counts = stage_entropy_means(entropies, stage_ids, mask, num_stages)
+    seq_denom = means.shape[0] if num_sequences is None else num_sequences
+    entropy_term = torch.zeros((), dtype=loss.dtype, device=loss.device)
+    for k, beta in enumerate(stage_betas):
+        if beta != 0.0:
+            entropy_term = entropy_term + beta * (means[:, k].sum() / seq_denom)
+    if any(b != 0.0 for b in stage_betas):
+        loss = loss + entropy_term
+
+    metrics = _loss_metrics(ratio, adv, mask, clip_low, clip_high, entropies, stage_ids, counts, num_stages)
+    metrics["pg_loss"] = pg_only.detach()
+    metrics["entropy_term"] = entropy_term.detach()
+    metrics["loss"] = loss.detach()
+    if use_kl:
+        metrics["kl"] = ((kl * mask).sum() / mask.sum().clamp(min=1.0)).detach()
+    return loss, metrics
+
+
+def _loss_metrics(ratio, adv, mask, clip_low, clip_high, entropies, stage_ids, counts, num_stages) -> dict:
+    with torch.no_grad():
+        ntok = mask.sum().clamp(min=1.0)
+        low = ((ratio < 1.0 - clip_low) & (adv < 0)).to(mask.dtype)
+        high = ((ratio > 1.0 + clip_high) & (adv > 0)).to(mask.dtype)
+        out = {
+            "clip_frac_low": (low * mask).sum() / ntok,
+            "clip_frac_high": (high * mask).sum() / ntok,
+            "ratio_mean": (ratio * mask).sum() / ntok,
+            "entropy_mean": (entropies.detach() * mask).sum() / ntok,
+            "num_tokens": mask.sum(),
+        }
+        out["clip_frac"] = out["clip_frac_low"] + out["clip_frac_high"]
+        ent = entropies.detach()
+        for k in range(num_stages):
+            sel = ((stage_ids == k) & (mask > 0)).to(ent.dtype)
+            n = sel.sum()
+            out[f"stage_entropy/{k}"] = (ent * sel).sum() / n.clamp(min=1.0)
+            out[f"stage_tokens/{k}"] = n
+            out[f"stage_present/{k}"] = (counts[:, k] > 0).to(ent.dtype).mean()
+    return out

@@ -1,0 +1,134 @@
+"""``crpo-ray`` command line.
+
+Bad input (config, data, model files) ends with one ``crpo-ray: error: ...`` line and
+exit status 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from crpo_ray.config import ConfigError, load_config, to_dict
+
+EXIT_BAD_INPUT = 2
+EXIT_NOT_YET = 3
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None, help="YAML config file (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. rollout.group_size=8")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crpo-ray", description="CRPO training for mental-health assessment on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train with CRPO (embedded local Ray, or the cluster under `ray job submit`)")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p = sub.add_parser("check-config", help="load, validate and print the resolved config")
+    _add_config_args(p)
+    p = sub.add_parser("data", help="load the configured train and eval data and report counts")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p = sub.add_parser("build-tiny-model", help="build the offline tiny model and tokenizer into a directory")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    for name, text in (("eval", "evaluate a model (weighted F1 per dataset)"),
+                       ("generate", "print staged reasoning for a few posts")):
+        p = sub.add_parser(name, help=text + " [not yet implemented]")
+        p.add_argument("--model", required=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _cmd_check_config(args) -> int:
+    import yaml
+
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def _load_data(cfg):
+    from crpo_ray.data import load_sources
+
+    train, train_report = load_sources(cfg.data.train, strict=cfg.data.strict, fix_text=cfg.data.fix_mojibake)
+    evals, eval_report = load_sources(cfg.data.eval, strict=cfg.data.strict, fix_text=cfg.data.fix_mojibake)
+    return train, train_report, evals, eval_report
+
+
+def _cmd_data(args) -> int:
+    from crpo_ray.data import class_counts
+    from crpo_ray.rewards import balanced_weights
+
+    cfg = load_config(args.config, args.overrides)
+    train, train_report, evals, eval_report = _load_data(cfg)
+    counts = class_counts(train)
+    weights = balanced_weights(counts)
+    if args.json:
+        print(json.dumps({"train": train_report.as_dict(), "eval": eval_report.as_dict(),
+                          "train_counts": counts, "reward_weights": weights}, indent=2))
+        return 0
+    for title, report in (("train", train_report), ("eval", eval_report)):
+        print(f"[{title}] {report.loaded} examples, {report.unmapped} unmapped labels, {report.skipped} skipped rows")
+        for line in report.lines():
+            print("  " + line)
+    print("[reward weights] w = sqrt(w_class * w_dataset)")
+    for d in sorted(weights):
+        print(f"  {d}: " + ", ".join(f"{c}={w:.3f} (n={counts[d][c]})" for c, w in sorted(weights[d].items())))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from crpo_ray.algo import stage_betas_from_config
+    from crpo_ray.tiny import resolve_model_path
+
+    cfg = load_config(args.config, args.overrides)
+    train, train_report, evals, eval_report = _load_data(cfg)
+    model_dir = resolve_model_path(cfg.model.path, cfg.model.tiny_cache_dir, cfg.model.tiny_seed)
+    betas = stage_betas_from_config(cfg.algorithm, len(cfg.stage_names))
+    print(f"config: {args.config or '<defaults>'} ({cfg.algorithm.name}, stage betas "
+          + ", ".join(f"{b:+.4f}" for b in betas) + ")")
+    print(f"model: {model_dir}")
+    print(f"data: {train.num_rows} train examples, {evals.num_rows} eval examples, "
+          f"{train_report.unmapped + eval_report.unmapped} unmapped labels")
+    print("crpo-ray train: not yet: the distributed training loop (rollout workers, scorer pool, "
+          "FSDP2 learner on Ray Train) is not implemented in this version.", file=sys.stderr)
+    return EXIT_NOT_YET
+
+
+def _cmd_build_tiny(args) -> int:
+    from crpo_ray.tiny import build_tiny_model
+
+    out = build_tiny_model(args.out_dir, seed=args.seed)
+    print(out)
+    return 0
+
+
+def _cmd_not_yet(args) -> int:
+    print(f"crpo-ray {args.command}: not yet implemented in this version.", file=sys.stderr)
+    return EXIT_NOT_YET
+
+
+COMMANDS = {"train": _cmd_train, "check-config": _cmd_check_config, "data": _cmd_data,
+            "build-tiny-model": _cmd_build_tiny, "eval": _cmd_not_yet, "generate": _cmd_not_yet}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from crpo_ray.data import DataError
+
+    args = _build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        print(f"crpo-ray: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
