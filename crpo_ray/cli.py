@@ -83,21 +83,17 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from crpo_ray.algo import stage_betas_from_config
-    from crpo_ray.tiny import resolve_model_path
+    from crpo_ray.actors.driver import run_training
 
     cfg = load_config(args.config, args.overrides)
-    train, train_report, evals, eval_report = _load_data(cfg)
-    model_dir = resolve_model_path(cfg.model.path, cfg.model.tiny_cache_dir, cfg.model.tiny_seed)
-    betas = stage_betas_from_config(cfg.algorithm, len(cfg.stage_names))
-    print(f"config: {args.config or '<defaults>'} ({cfg.algorithm.name}, stage betas "
-          + ", ".join(f"{b:+.4f}" for b in betas) + ")")
-    print(f"model: {model_dir}")
-    print(f"data: {train.num_rows} train examples, {evals.num_rows} eval examples, "
-          f"{train_report.unmapped + eval_report.unmapped} unmapped labels")
-    print("crpo-ray train: not yet: the distributed training loop (rollout workers, scorer pool, "
-          "FSDP2 learner on Ray Train) is not implemented in this version.", file=sys.stderr)
-    return EXIT_NOT_YET
+    metrics = run_training(cfg, resume=args.resume)
+    keys = ("step", "reward", "accuracy", "format_ok", "eval_f1", "loss", "time_step", "wall_time")
+    print("[crpo-ray] done: " + ", ".join(
+        f"{k} {metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"{k} {metrics.get(k)}"
+        for k in keys if k in metrics))
+    print(f"[crpo-ray] run directory: {metrics['run_dir']}")
+    print(f"[crpo-ray] final checkpoint: {metrics['checkpoint']}")
+    return 0
 
 
 def _cmd_build_tiny(args) -> int:

@@ -255,6 +255,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             raise _omegaconf_error(exc, f"override '{item}'") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"override '{item}': cannot be applied ({exc}); list items "
+                              "(e.g. data.train[0]) are set in the YAML file") from None
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:

@@ -124,11 +124,11 @@ def resolve_model_path(path: str, cache_dir: str = ".cache/crpo-ray", seed: int 
         local = Path(path).expanduser()
         if not (local / "config.json").is_file():
             raise FileNotFoundError(f"model.path '{path}': not a Hugging Face model directory (no config.json)")
-        return local
+        return local.resolve()
     name = path[len(BUILTIN_PREFIX):]
     if name != TINY_NAME:
         raise ValueError(f"model.path '{path}': unknown builtin model (known: {BUILTIN_PREFIX}{TINY_NAME})")
-    target = Path(cache_dir).expanduser() / f"{TINY_NAME}-r{RECIPE_VERSION}-s{seed}"
+    target = Path(cache_dir).expanduser().resolve() / f"{TINY_NAME}-r{RECIPE_VERSION}-s{seed}"
     if not (target / "crpo_ray_tiny.json").is_file():
         build_tiny_model(target, seed=seed)
     return target

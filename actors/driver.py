@@ -1,0 +1,111 @@
+"""The driver: check every input, start or join Ray, wire the fleet and the learner, run.
+
+Everything that can be wrong with the inputs (config, data, model files, engine) is
+checked before any directory is created, so bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from crpo_ray.config import Config, ConfigError
+
+
+def check_inputs(cfg: Config):
+    """Load data and model files; raise one-line errors. Returns (model_dir, train, evals, reports)."""
+    from transformers import AutoTokenizer
+
+    from crpo_ray.data import load_sources
+    from crpo_ray.engines import VLLM_MISSING
+    from crpo_ray.tiny import resolve_model_path
+
+    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(VLLM_MISSING)
+    if not cfg.data.train:
+        raise ConfigError("data.train is empty: configure at least one training source")
+    train, train_report = load_sources(cfg.data.train, strict=cfg.data.strict, fix_text=cfg.data.fix_mojibake)
+    evals, eval_report = load_sources(cfg.data.eval, strict=cfg.data.strict, fix_text=cfg.data.fix_mojibake)
+    if train.num_rows == 0:
+        raise ConfigError("data.train: no usable training examples")
+    model_dir = resolve_model_path(cfg.model.path, cfg.model.tiny_cache_dir, cfg.model.tiny_seed)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=cfg.model.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - any failure here is a bad model directory
+        raise FileNotFoundError(f"model.path '{model_dir}': cannot load a tokenizer ({type(exc).__name__})") from None
+    if tok.chat_template is None:
+        raise FileNotFoundError(f"model.path '{model_dir}': the tokenizer has no chat template")
+    samples = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    if samples < cfg.learner.num_workers:
+        raise ConfigError(f"rollout.prompts_per_step x group_size = {samples} is fewer than learner.num_workers")
+    return model_dir, tok, train, evals, (train_report, eval_report)
+
+
+def init_ray(cfg: Config, num_cpus_needed: int) -> None:
+    """Join the configured cluster (or RAY_ADDRESS, as under `ray job submit`); else start one on 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS", "")
+    env = {"env_vars": {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}}
+    if address:
+        ray.init(address=address, namespace=cfg.cluster.namespace, runtime_env=env, log_to_driver=True)
+        return
+    cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, num_cpus_needed)
+    ray.init(_node_ip_address="127.0.0.1", num_cpus=cpus, include_dashboard=False,
+             namespace=cfg.cluster.namespace, runtime_env=env, log_to_driver=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    found = sorted(run_dir.glob("checkpoint_*/trainer_state.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1].parent if found else None
+
+
+def run_training(cfg: Config, resume: bool = False) -> dict:
+    """Train; returns the final metrics. Raises ConfigError/DataError/FileNotFoundError on bad input."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+    model_dir, tok, train, evals, reports = check_inputs(cfg)
+    run_dir = Path(cfg.checkpoint.storage_path or cfg.run.output_dir).expanduser().resolve() / cfg.run.name
+    resume_from = latest_checkpoint(run_dir) if (resume or cfg.checkpoint.resume) else None
+    if (resume or cfg.checkpoint.resume) and resume_from is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {run_dir}")
+    if resume_from is None and (run_dir / "metrics.jsonl").exists():
+        raise ConfigError(f"run.name '{cfg.run.name}': {run_dir} already holds a run; use --resume or another name")
+
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from crpo_ray.actors.fleet import FleetActor
+    from crpo_ray.actors.train_loop import train_loop_per_worker
+
+    learners, rollouts = cfg.learner.num_workers, cfg.rollout.num_workers
+    threads = max(1, (os.cpu_count() or 1) // (learners + rollouts))
+    init_ray(cfg, learners + rollouts + 2)
+    fleet = FleetActor.options(num_cpus=0).remote(cfg, str(model_dir), train, evals, threads)
+    backend = cfg.learner.backend if cfg.learner.backend != "auto" else ("nccl" if cfg.learner.use_gpu else "gloo")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "fleet": fleet, "model_dir": str(model_dir), "run_dir": str(run_dir),
+                           "pad_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                           "threads": threads},
+        scaling_config=ray.train.ScalingConfig(num_workers=learners, use_gpu=cfg.learner.use_gpu,
+                                               resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name, storage_path=str(run_dir.parent),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
+            failure_config=ray.train.FailureConfig(max_failures=0)),
+        torch_config=TorchConfig(backend=backend),
+        resume_from_checkpoint=ray.train.Checkpoint.from_directory(str(resume_from)) if resume_from else None,
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    metrics["wall_time"] = time.perf_counter() - start
+    metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    metrics["run_dir"] = str(run_dir)
+    return metrics

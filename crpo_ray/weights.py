@@ -1,0 +1,93 @@
+"""Pack a state dict into one contiguous buffer per dtype plus a small index, and back.
+
+The learner packs once and ``ray.put``s the result; every rollout worker reads the
+buffers zero-copy from the object store (numpy arrays are not copied on ``ray.get``)
+and copies each slice into its engine. Pure: tensors in, numpy buffers out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    dtype: str  # torch dtype name, e.g. "float32"
+    offset: int  # in elements of that dtype
+    shape: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PackedWeights:
+    version: int
+    index: List[Entry]
+    buffers: Dict[str, np.ndarray]  # dtype name -> 1-D uint8 array
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers.values())
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def pack_state_dict(state: Dict[str, torch.Tensor], version: int) -> PackedWeights:
+    """One contiguous byte buffer per dtype; parameters in name order."""
+    by_dtype: Dict[str, List[Tuple[str, torch.Tensor]]] = {}
+    for name in sorted(state):
+        t = state[name].detach()
+        by_dtype.setdefault(_dtype_name(t.dtype), []).append((name, t))
+    index, buffers = [], {}
+    for dname, items in by_dtype.items():
+        total = sum(t.numel() for _, t in items)
+        flat = torch.empty(total, dtype=items[0][1].dtype)
+        offset = 0
+        for name, t in items:
+            n = t.numel()
+            flat[offset:offset + n].copy_(t.reshape(-1))
+            index.append(Entry(name, dname, offset, tuple(t.shape)))
+            offset += n
+        buffers[dname] = flat.view(torch.uint8).numpy()
+    return PackedWeights(version, index, buffers)
+
+
+def unpack_views(packed: PackedWeights) -> Dict[str, torch.Tensor]:
+    """Tensors viewing the packed buffers (no copy; read-only memory stays read-only)."""
+    flats = {}
+    for dname, buf in packed.buffers.items():
+        raw = torch.frombuffer(memoryview(buf), dtype=torch.uint8) if buf.nbytes else torch.empty(0, dtype=torch.uint8)
+        flats[dname] = raw.view(getattr(torch, dname))
+    out = {}
+    for e in packed.index:
+        n = int(np.prod(e.shape)) if e.shape else 1
+        out[e.name] = flats[e.dtype][e.offset:e.offset + n].view(e.shape)
+    return out
+
+
+def load_into(model: torch.nn.Module, packed: PackedWeights) -> int:
+    """Copy packed weights into ``model``'s parameters and buffers; returns bytes copied.
+
+    Every named tensor of the model must be in the index, except tied weights that
+    share storage with one that is.
+    """
+    views = unpack_views(packed)
+    copied = 0
+    seen = set()
+    with torch.no_grad():
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            if name in views:
+                src = views[name]
+                if src.shape != tensor.shape:
+                    raise ValueError(f"weights for '{name}' have shape {tuple(src.shape)}, model has {tuple(tensor.shape)}")
+                tensor.copy_(src)
+                copied += src.numel() * src.element_size()
+                seen.add(tensor.data_ptr())
+            elif tensor.data_ptr() not in seen and name.endswith("weight"):
+                raise KeyError(f"packed weights have no entry for '{name}'")
+    return copied
