@@ -1,0 +1,50 @@
+"""Packing a state dict into one buffer per dtype and loading it back, bit for bit."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from crpo_ray.weights import load_into, pack_state_dict, unpack_views
+
+
+def test_pack_roundtrip_mixed_dtypes():
+    g = torch.Generator().manual_seed(0)
+    state = {"a.weight": torch.randn(3, 4, generator=g), "b.bias": torch.randn(5, generator=g).to(torch.bfloat16),
+             "c.weight": torch.randn(2, 2, generator=g), "scalar": torch.tensor(3.0)}
+    packed = pack_state_dict(state, version=7)
+    assert packed.version == 7 and set(packed.buffers) == {"float32", "bfloat16"}
+    assert packed.nbytes == sum(t.numel() * t.element_size() for t in state.values())
+    views = unpack_views(packed)
+    for k, t in state.items():
+        assert views[k].dtype == t.dtype and torch.equal(views[k], t)
+
+
+def test_views_share_the_buffer():
+    packed = pack_state_dict({"w": torch.ones(4)}, 0)
+    views = unpack_views(packed)
+    packed.buffers["float32"][:4] = np.frombuffer(np.float32(2.0).tobytes(), dtype=np.uint8)
+    assert views["w"][0].item() == 2.0  # a view, not a copy
+
+
+def test_load_into_model_bit_for_bit(tiny_model_dir):
+    src = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    dst = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p))
+    copied = load_into(dst, pack_state_dict(src.state_dict(), 1))
+    assert copied > 0
+    for (k, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_load_into_rejects_mismatch(tiny_model_dir):
+    dst = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    state = dict(dst.state_dict())
+    name = "model.norm.weight"
+    with pytest.raises(ValueError, match="shape"):
+        load_into(dst, pack_state_dict({**state, name: torch.ones(3)}, 1))
+    state.pop(name)
+    with pytest.raises(KeyError, match=name):
+        load_into(dst, pack_state_dict(state, 1))
