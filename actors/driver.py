@@ -32,6 +32,9 @@ def check_inputs(cfg: Config):
     if train.num_rows == 0:
         raise ConfigError("data.train: no usable training examples")
     model_dir = resolve_model_path(cfg.model.path, cfg.model.tiny_cache_dir, cfg.model.tiny_seed)
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json")
+    if not any((Path(model_dir) / f).is_file() for f in tokenizer_files):
+        raise FileNotFoundError(f"model.path '{model_dir}': no tokenizer files ({', '.join(tokenizer_files)})")
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=cfg.model.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure here is a bad model directory
@@ -92,7 +95,7 @@ def run_training(cfg: Config, resume: bool = False) -> dict:
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "fleet": fleet, "model_dir": str(model_dir), "run_dir": str(run_dir),
                            "pad_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                           "threads": threads},
+                           "threads": threads, "resume_from": str(resume_from) if resume_from else None},
         scaling_config=ray.train.ScalingConfig(num_workers=learners, use_gpu=cfg.learner.use_gpu,
                                                resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(
@@ -100,7 +103,6 @@ def run_training(cfg: Config, resume: bool = False) -> dict:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
             failure_config=ray.train.FailureConfig(max_failures=0)),
         torch_config=TorchConfig(backend=backend),
-        resume_from_checkpoint=ray.train.Checkpoint.from_directory(str(resume_from)) if resume_from else None,
     )
     start = time.perf_counter()
     result = trainer.fit()

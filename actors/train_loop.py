@@ -79,7 +79,9 @@ def _setup(config, rank: int):
     cfg = config["cfg"]
     device = ray.train.torch.get_device() if cfg.learner.use_gpu else torch.device("cpu")
     start, src, optim_state, sched_state = 0, config["model_dir"], None, None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts the worker group
+    if checkpoint is None and config.get("resume_from"):  # `crpo-ray train --resume`
+        checkpoint = ray.train.Checkpoint.from_directory(config["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             src, optim_state, state = ckpt_io.read_checkpoint(d)
