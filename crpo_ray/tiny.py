@@ -73,10 +73,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
 
 
 def build_tiny_model(out_dir: str | Path, seed: int = 0, data_root: Optional[Path] = None,
-                     vocab_size: int = 2048, max_rows_per_file: int = 200) -> Path:
+                     vocab_size: int = 2048, max_rows_per_file: int = 200, **arch) -> Path:
     """Build the tiny model and tokenizer into ``out_dir`` (written atomically).
 
     Deterministic: the same seed and shipped data give the same files, byte for byte.
+    ``arch`` overrides entries of ``TINY_ARCH`` (e.g. ``hidden_size=128``).
     """
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
@@ -88,7 +89,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, data_root: Optional[Pat
     config = Qwen3Config(
         vocab_size=len(tokenizer), tie_word_embeddings=True, rope_theta=10000.0,
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        **TINY_ARCH,
+        **{**TINY_ARCH, **arch},
     )
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
