@@ -1,8 +1,12 @@
-"""Ray actors, one role per module (installed as ``crpo_ray.actors``).
+"""Ray roles, one per module (installed as ``crpo_ray.actors``).
 
-Not yet implemented: the rollout workers (``hf`` and ``vllm`` engines), the scorer
-pool, the FSDP2 learner on Ray Train and the experience fleet arrive with the
-distributed-pipeline issue. Everything they call (config, data, prompts, stage
-segmentation, rewards, the CRPO loss, metrics) is in ``crpo_ray`` and imports
-without Ray.
+* ``rollout``: ``RolloutWorker`` (engine ``hf`` or ``vllm``), generates Arrow rollouts
+* ``scorer``: ``Scorer``, rollouts -> scored batches
+* ``fleet``: ``ExperienceFleet``, owns both pools, hands each learner rank its share
+* ``learner``: FSDP2 policy and the CRPO update step
+* ``train_loop``: the per-rank training loop run by Ray Train
+* ``checkpoint``: checkpoint layout
+* ``driver``: input checks, Ray start-up, wiring (``crpo-ray train`` / ``eval``)
+
+Each role is a plain class; the Ray actor is made by one line at the bottom of its module.
 """

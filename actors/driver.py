@@ -111,3 +111,47 @@ def run_training(cfg: Config, resume: bool = False) -> dict:
     metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     metrics["run_dir"] = str(run_dir)
     return metrics
+
+
+EVAL_PRESETS = {
+    "mental-r1": [("mental_r1", "data/mental-r1")],
+    "imhi": [("imhi", "data/imhi")],
+    "all": [("mental_r1", "data/mental-r1"), ("imhi", "data/imhi")],
+}
+
+
+def eval_sources(preset: str):
+    """Test-split sources for ``--datasets mental-r1|imhi|all``."""
+    from crpo_ray.config import DataSourceConfig
+
+    if preset not in EVAL_PRESETS:
+        raise ConfigError(f"--datasets '{preset}': expected one of {', '.join(EVAL_PRESETS)}")
+    return [DataSourceConfig(format=f, root=r, split="test") for f, r in EVAL_PRESETS[preset]]
+
+
+def run_eval(cfg: Config, max_samples: int) -> dict:
+    """Greedy answers from the rollout workers on the eval split; weighted F1 per dataset."""
+    import ray
+
+    from crpo_ray.actors.fleet import FleetActor
+    from crpo_ray.data import load_sources
+    from crpo_ray.tiny import resolve_model_path
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        from crpo_ray.engines import VLLM_MISSING
+
+        raise ConfigError(VLLM_MISSING)
+    evals, report = load_sources(cfg.data.eval, strict=cfg.data.strict, fix_text=cfg.data.fix_mojibake)
+    if evals.num_rows == 0:
+        raise ConfigError("no evaluation examples (data.eval or --datasets)")
+    model_dir = resolve_model_path(cfg.model.path, cfg.model.tiny_cache_dir, cfg.model.tiny_seed)
+    init_ray(cfg, cfg.rollout.num_workers + 1)
+    fleet = FleetActor.options(num_cpus=0).remote(cfg, str(model_dir), evals, evals, 1)
+    try:
+        result = ray.get(fleet.evaluate.remote(max_samples))
+    finally:
+        ray.kill(fleet)
+    result["unmapped_gold_labels"] = report.unmapped
+    result["model"] = str(model_dir)
+    return result

@@ -14,7 +14,6 @@ from typing import List, Optional
 from crpo_ray.config import ConfigError, load_config, to_dict
 
 EXIT_BAD_INPUT = 2
-EXIT_NOT_YET = 3
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -36,11 +35,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-tiny-model", help="build the offline tiny model and tokenizer into a directory")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
-    for name, text in (("eval", "evaluate a model (weighted F1 per dataset)"),
-                       ("generate", "print staged reasoning for a few posts")):
-        p = sub.add_parser(name, help=text + " [not yet implemented]")
-        p.add_argument("--model", required=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("eval", help="weighted F1 per dataset of a model's greedy answers (via rollout workers)")
+    p.add_argument("--model", required=True, help="a local Hugging Face model directory (or builtin:tiny-qwen3)")
+    p.add_argument("--datasets", default=None, help="mental-r1 | imhi | all (default: the config's data.eval)")
+    p.add_argument("--max-samples", type=int, default=0, help="per dataset; 0: all")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_config_args(p)
+    p = sub.add_parser("generate", help="print staged reasoning for a few posts")
+    p.add_argument("--model", required=True)
+    p.add_argument("--num", type=int, default=3, help="how many posts")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    _add_config_args(p)
     return parser
 
 
@@ -104,13 +109,62 @@ def _cmd_build_tiny(args) -> int:
     return 0
 
 
-def _cmd_not_yet(args) -> int:
-    print(f"crpo-ray {args.command}: not yet implemented in this version.", file=sys.stderr)
-    return EXIT_NOT_YET
+def _with_model(args):
+    cfg = load_config(args.config, args.overrides + [f"model.path={args.model}"])
+    if getattr(args, "datasets", None):
+        import dataclasses
+
+        from crpo_ray.actors.driver import eval_sources
+
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval=eval_sources(args.datasets)))
+    return cfg
+
+
+def _cmd_eval(args) -> int:
+    from crpo_ray.actors.driver import run_eval
+
+    result = run_eval(_with_model(args), args.max_samples)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"model: {result['model']}")
+    print("| dataset | n | weighted F1 | accuracy | unparseable |")
+    print("|---|---|---|---|---|")
+    for d, s in result["datasets"].items():
+        print(f"| {d} | {s['n']} | {s['weighted_f1']:.4f} | {s['accuracy']:.4f} | {s['unparseable']} |")
+    print(f"| mean | | {result['mean_weighted_f1']:.4f} | | {result['unparseable']} |")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from crpo_ray.data import load_sources
+    from crpo_ray.engines import HFEngine
+    from crpo_ray.prompts import build_system_prompt, render_prompt
+    from crpo_ray.stages import stage_texts
+    from crpo_ray.tiny import resolve_model_path
+
+    cfg = _with_model(args)
+    sources = cfg.data.eval or cfg.data.train
+    table, _ = load_sources(sources, strict=cfg.data.strict, fix_text=cfg.data.fix_mojibake)
+    engine = HFEngine(str(resolve_model_path(cfg.model.path, cfg.model.tiny_cache_dir, cfg.model.tiny_seed)),
+                      cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation)
+    system = cfg.prompt.system_prompt or build_system_prompt([(s.name, s.description) for s in cfg.prompt.stages])
+    for row in table.slice(0, args.num).to_pylist():
+        rp = render_prompt(engine.tokenizer, row["instruction"], row["text"], system_prompt=system,
+                           stage_names=cfg.stage_names, max_prompt_tokens=cfg.prompt.max_prompt_tokens)
+        out = engine.generate([rp.token_ids], 1, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                              max_new_tokens=args.max_new_tokens, greedy=True)
+        completion = out.completions[0]
+        print(f"=== {row['example_id']} (gold: {row['label']})\n{row['text'][:300]}")
+        for name, text in zip(cfg.stage_names, stage_texts(completion, cfg.stage_names)):
+            print(f"  [{name}] {text.strip()[:200] or '-'}")
+        answer = completion.split("<answer>")[-1].split("</answer>")[0].strip() if "<answer>" in completion else None
+        print(f"  [answer] {answer if answer is not None else '<none>'} ({out.finish_reasons[0]})")
+    return 0
 
 
 COMMANDS = {"train": _cmd_train, "check-config": _cmd_check_config, "data": _cmd_data,
-            "build-tiny-model": _cmd_build_tiny, "eval": _cmd_not_yet, "generate": _cmd_not_yet}
+            "build-tiny-model": _cmd_build_tiny, "eval": _cmd_eval, "generate": _cmd_generate}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
