@@ -33,8 +33,7 @@ from crpo_ray.actors.scorer import ScorerActor
 
 
 class ExperienceFleet:
-    def __init__(self, cfg, model_dir: str, train: pa.Table, evals: pa.Table, threads: int = 1,
-                 num_scorers: int = 1):
+    def __init__(self, cfg, model_dir: str, train: pa.Table, evals: pa.Table, threads: int = 1):
         from transformers import AutoTokenizer
 
         self.cfg = cfg
@@ -54,7 +53,7 @@ class ExperienceFleet:
             for i in range(cfg.rollout.num_workers)]
         self.scorers = [ScorerActor.options(num_cpus=1).remote(model_dir, params, self.weights,
                                                                cfg.model.trust_remote_code)
-                        for _ in range(num_scorers)]
+                        for _ in range(cfg.rollout.num_scorers)]
         self._rendered: Dict[tuple, tuple] = {}
         self._cache = None
         self.betas = stage_betas_from_config(cfg.algorithm, len(cfg.stage_names))

@@ -16,6 +16,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from crpo_ray import schemas
 from crpo_ray.algo import stage_betas_from_config
 from crpo_ray.batching import batch_from_table
 from crpo_ray.weights import pack_state_dict
@@ -120,6 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
     for step in range(start, cfg.run.total_steps):
         t0 = time.perf_counter()
         shard, fleet_m = ray.get(fleet.shard.remote(step, rank, world))
+        schemas.validate(shard, schemas.SCORED, f"learner rank {rank} input")
         t1 = time.perf_counter()
         train_m = train_step(model, ref_model, optimizer, scheduler, batch_from_table(shard, pad_id), params,
                              micro_batch_size=cfg.learner.micro_batch_size, grad_clip=cfg.learner.grad_clip, device=device)

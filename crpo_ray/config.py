@@ -82,6 +82,7 @@ class PromptConfig:
 class RolloutConfig:
     engine: str = "hf"  # hf | vllm
     num_workers: int = 1
+    num_scorers: int = 1
     group_size: int = 4
     prompts_per_step: int = 8
     temperature: float = 0.85
@@ -290,6 +291,7 @@ def validate(cfg: Config, where: str = "<config>") -> None:
     _one_of(cfg.rollout.engine, ("hf", "vllm"), where, "rollout.engine")
     _check(cfg.rollout.group_size >= 2, where, "rollout.group_size", "must be >= 2 (group advantages)")
     _check(cfg.rollout.num_workers >= 1, where, "rollout.num_workers", "must be >= 1")
+    _check(cfg.rollout.num_scorers >= 1, where, "rollout.num_scorers", "must be >= 1")
     _check(cfg.rollout.prompts_per_step >= 1, where, "rollout.prompts_per_step", "must be >= 1")
     _check(cfg.rollout.temperature > 0, where, "rollout.temperature", "must be > 0")
     _check(0 < cfg.rollout.top_p <= 1, where, "rollout.top_p", "must be in (0, 1]")
