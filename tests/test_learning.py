@@ -12,7 +12,8 @@ varies); under a policy that does not change, the difference of two windows has 
 standard deviation of about sqrt(2/160) = 0.11. We require the last 5 steps to beat
 the first 5 by 0.3 (2.7 standard deviations; about 1 in 300 by chance) and every
 batch to come from the weights the learner published just before it. If new weights never reached the rollout workers,
-the sampling policy would stay the warm-start one and the windows would not differ.
+the sampling policy would stay the warm-start one, the windows would not differ beyond
+chance, and the rollout log-probs would drift away from the learner's (checked below).
 """
 
 import json
@@ -101,6 +102,11 @@ def test_crpo_raises_reward_through_the_pipeline(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(x) for x in (tmp_path / "runs" / "learn" / "metrics.jsonl").read_text().splitlines()]
     assert [row["policy_versions"] for row in rows] == [[s] for s in range(20)]
+    # The rollout workers sample with the learner's weights: their log-probs of the sampled
+    # tokens equal the learner's up to float noise (about 1e-8 here). Had the weights not
+    # reached them, this gap grows to 1e-3..1e-2 from the second step on (checked by
+    # turning weight loading into a no-op).
+    assert max(row["logprob_abs_diff"] for row in rows) < 1e-4
     rewards = [row["reward"] for row in rows]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     print("rewards", [round(x, 3) for x in rewards], "accuracy", [row["accuracy"] for row in rows])
