@@ -15,16 +15,22 @@ from typing import Optional
 from crpo_ray.config import Config, ConfigError
 
 
+def require_engine(cfg: Config) -> None:
+    """The selected rollout engine can be imported (vLLM is an optional extra)."""
+    from crpo_ray.engines import VLLM_MISSING
+
+    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(VLLM_MISSING)
+
+
 def check_inputs(cfg: Config):
     """Load data and model files; raise one-line errors. Returns (model_dir, train, evals, reports)."""
     from transformers import AutoTokenizer
 
     from crpo_ray.data import load_sources
-    from crpo_ray.engines import VLLM_MISSING
     from crpo_ray.tiny import resolve_model_path
 
-    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ConfigError(VLLM_MISSING)
+    require_engine(cfg)
     if not cfg.data.train:
         raise ConfigError("data.train is empty: configure at least one training source")
     train, train_report = load_sources(cfg.data.train, strict=cfg.data.strict, fix_text=cfg.data.fix_mojibake)
@@ -138,10 +144,7 @@ def run_eval(cfg: Config, max_samples: int) -> dict:
     from crpo_ray.tiny import resolve_model_path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        from crpo_ray.engines import VLLM_MISSING
-
-        raise ConfigError(VLLM_MISSING)
+    require_engine(cfg)
     evals, report = load_sources(cfg.data.eval, strict=cfg.data.strict, fix_text=cfg.data.fix_mojibake)
     if evals.num_rows == 0:
         raise ConfigError("no evaluation examples (data.eval or --datasets)")

@@ -24,7 +24,7 @@ from crpo_ray import schemas
 from crpo_ray.algo import stage_betas_from_config
 from crpo_ray.data import class_counts
 from crpo_ray.metrics import evaluate_predictions
-from crpo_ray.prompts import build_system_prompt, render_prompt
+from crpo_ray.prompts import render_prompt, resolve_system_prompt
 from crpo_ray.rewards import balanced_weights
 from crpo_ray.sampler import step_indices
 from crpo_ray.scoring import ScoringParams
@@ -39,8 +39,8 @@ class ExperienceFleet:
         self.cfg = cfg
         self.train, self.evals = train, evals
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.model.trust_remote_code)
-        stages = [(s.name, s.description) for s in cfg.prompt.stages]
-        self.system_prompt = cfg.prompt.system_prompt or build_system_prompt(stages)
+        self.system_prompt = resolve_system_prompt(cfg.prompt.system_prompt,
+                                                   [(s.name, s.description) for s in cfg.prompt.stages])
         self.weights = balanced_weights(class_counts(train)) if cfg.reward.balanced else {}
         params = ScoringParams(
             stage_names=cfg.stage_names, group_size=cfg.rollout.group_size, format_value=cfg.reward.format_value,

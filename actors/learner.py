@@ -21,8 +21,8 @@ import torch.distributed as dist
 
 from crpo_ray.algo import crpo_loss, token_logprobs_and_entropy
 from crpo_ray.batching import TrainBatch, completion_logits, micro_batches
+from crpo_ray.engines import DTYPES
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def load_policy(model_dir: str, *, dtype: str = "float32", trainable: bool = Tru
         model.requires_grad_(False)
     mp = None
     if dtype != "float32":
-        mp = MixedPrecisionPolicy(param_dtype=_DTYPES[dtype], reduce_dtype=torch.float32)
+        mp = MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32)
     kwargs = {"mp_policy": mp} if mp is not None else {}
     for layer in _decoder_layers(model):
         fully_shard(layer, **kwargs)

@@ -31,11 +31,12 @@ class _Publisher:
     def __init__(self, fleet, rank: int):
         self.fleet, self.rank = fleet, rank
 
-    def __call__(self, model, version: int) -> dict:
+    def __call__(self, model, version: int):
+        """Returns (metrics, the full state dict published: rank 0 only, {} elsewhere)."""
         t0 = time.perf_counter()
         state = full_state_dict(model)
         if self.rank != 0:
-            return {}
+            return {}, state
         t1 = time.perf_counter()
         packed = pack_state_dict(state, version)
         ref = ray.put(packed)
@@ -47,7 +48,7 @@ class _Publisher:
         del ref
         return {"sync_gather_s": t1 - t0, "sync_put_s": t2 - t1, "sync_load_s": t3 - t2, "sync_bytes": packed.nbytes,
                 "sync_gbps": packed.nbytes / max(t3 - t1, 1e-9) / 1e9, "weights_version": version,
-                "worker_versions": report["versions"]}
+                "worker_versions": report["versions"]}, state
 
 
 class _MetricsSink:
@@ -126,7 +127,7 @@ def train_loop_per_worker(config: dict) -> None:
         train_m = train_step(model, ref_model, optimizer, scheduler, batch_from_table(shard, pad_id), params,
                              micro_batch_size=cfg.learner.micro_batch_size, grad_clip=cfg.learner.grad_clip, device=device)
         t2 = time.perf_counter()
-        sync_m = publish(model, step + 1)
+        sync_m, state = publish(model, step + 1)
         dist.barrier()
         t3 = time.perf_counter()
         metrics = {**{k: v for k, v in fleet_m.items() if k != "example_ids"}, **train_m, **sync_m,
@@ -136,7 +137,9 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0 and eval_due:
             metrics.update(_eval_metrics(fleet, cfg))
         metrics["time_step"] = time.perf_counter() - t0
-        _finish_step(config, rank, step, done, metrics, fleet_m["example_ids"], model, optimizer, scheduler, sink)
+        _finish_step(config, rank, step, done, metrics, fleet_m["example_ids"], state, model, optimizer,
+                     scheduler, sink)
+        del state
 
 
 def _eval_metrics(fleet, cfg) -> dict:
@@ -151,7 +154,8 @@ def _eval_metrics(fleet, cfg) -> dict:
     return out
 
 
-def _finish_step(config, rank, step, done, metrics, example_ids, model, optimizer, scheduler, sink) -> None:
+def _finish_step(config, rank, step, done, metrics, example_ids, state, model, optimizer, scheduler, sink) -> None:
+    """Log, and checkpoint when due; ``state`` is the full state dict just published (rank 0)."""
     cfg = config["cfg"]
     overhead = metrics["time_step"] - sum(metrics.get(k, 0.0) for k in
                                           ("time_generate", "time_score", "time_train", "time_sync", "time_eval"))
@@ -159,7 +163,6 @@ def _finish_step(config, rank, step, done, metrics, example_ids, model, optimize
     save = done == cfg.run.total_steps or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0)
     checkpoint_dir = None
     if save:
-        state = full_state_dict(model)
         optim_state = full_optimizer_state(model, optimizer)
         if rank == 0:
             trainer_state = {"step": done, "policy_version": done, "scheduler": scheduler.state_dict(),

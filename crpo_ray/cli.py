@@ -139,7 +139,7 @@ def _cmd_eval(args) -> int:
 def _cmd_generate(args) -> int:
     from crpo_ray.data import load_sources
     from crpo_ray.engines import HFEngine
-    from crpo_ray.prompts import build_system_prompt, render_prompt
+    from crpo_ray.prompts import render_prompt, resolve_system_prompt
     from crpo_ray.stages import stage_texts
     from crpo_ray.tiny import resolve_model_path
 
@@ -148,7 +148,7 @@ def _cmd_generate(args) -> int:
     table, _ = load_sources(sources, strict=cfg.data.strict, fix_text=cfg.data.fix_mojibake)
     engine = HFEngine(str(resolve_model_path(cfg.model.path, cfg.model.tiny_cache_dir, cfg.model.tiny_seed)),
                       cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation)
-    system = cfg.prompt.system_prompt or build_system_prompt([(s.name, s.description) for s in cfg.prompt.stages])
+    system = resolve_system_prompt(cfg.prompt.system_prompt, [(s.name, s.description) for s in cfg.prompt.stages])
     for row in table.slice(0, args.num).to_pylist():
         rp = render_prompt(engine.tokenizer, row["instruction"], row["text"], system_prompt=system,
                            stage_names=cfg.stage_names, max_prompt_tokens=cfg.prompt.max_prompt_tokens)

@@ -45,7 +45,7 @@ class Engine(Protocol):
     def load_weights(self, packed: PackedWeights) -> int: ...
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class HFEngine:
@@ -57,7 +57,7 @@ class HFEngine:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code,
+            model_dir, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation)
         self.model.eval()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

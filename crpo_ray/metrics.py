@@ -81,14 +81,14 @@ def evaluate_predictions(
     """Weighted F1 per dataset (and their mean) from raw completions."""
     if not (len(datasets) == len(golds) == len(completions) == len(label_sets)):
         raise ValueError("datasets, golds, completions and label_sets must have the same length")
-    grouped = defaultdict(lambda: ([], [], None))
+    golds_by, preds_by, labels_by = defaultdict(list), defaultdict(list), {}
     for d, g, c, ls in zip(datasets, golds, completions, label_sets):
-        gs, ps, _ = grouped[d]
-        gs.append(g)
-        ps.append(predict_label(c, ls))
-        grouped[d] = (gs, ps, list(ls))
+        golds_by[d].append(g)
+        preds_by[d].append(predict_label(c, ls))
+        labels_by[d] = list(ls)
     out = {}
-    for d, (gs, ps, ls) in grouped.items():
+    for d, gs in golds_by.items():
+        ps, ls = preds_by[d], labels_by[d]
         correct = sum(1 for g, p in zip(gs, ps) if p == g)
         out[d] = DatasetScore(
             dataset=d, n=len(gs), weighted_f1=weighted_f1(gs, ps, ls),

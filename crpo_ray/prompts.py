@@ -34,6 +34,11 @@ def build_system_prompt(stages: Sequence[Tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def resolve_system_prompt(override: str, stages: Sequence[Tuple[str, str]]) -> str:
+    """The configured system prompt, or the one built from the stages when it is empty."""
+    return override or build_system_prompt(stages)
+
+
 def user_message(instruction: str, text: str) -> str:
     """The user turn: the task instruction, then the post."""
     return f"{instruction.rstrip()} {text.strip()}"
