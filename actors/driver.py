@@ -53,6 +53,23 @@ def check_inputs(cfg: Config):
     return model_dir, tok, train, evals, (train_report, eval_report)
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def prefer_loopback(address: str) -> None:
+    """Keep an embedded or loopback cluster on 127.0.0.1.
+
+    Ray 2.60 replaces a node IP of 127.0.0.1 by the machine's address unless this
+    setting (read when ``ray`` is first imported) is off; it only changes which address
+    a node advertises, so it is set only when the cluster is this machine's own.
+    """
+    import sys
+
+    host = address.split("://")[-1].rsplit(":", 1)[0] if address else ""
+    if host in ("", "127.0.0.1", "localhost") and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ENV, "0")
+
+
 def init_ray(cfg: Config, num_cpus_needed: int) -> None:
     """Join the configured cluster (or RAY_ADDRESS, as under `ray job submit`); else start one on 127.0.0.1."""
     import ray
@@ -77,6 +94,7 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 def run_training(cfg: Config, resume: bool = False) -> dict:
     """Train; returns the final metrics. Raises ConfigError/DataError/FileNotFoundError on bad input."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+    prefer_loopback(cfg.cluster.address or os.environ.get("RAY_ADDRESS", ""))
     model_dir, tok, train, evals, reports = check_inputs(cfg)
     run_dir = Path(cfg.checkpoint.storage_path or cfg.run.output_dir).expanduser().resolve() / cfg.run.name
     resume_from = latest_checkpoint(run_dir) if (resume or cfg.checkpoint.resume) else None
@@ -89,34 +107,58 @@ def run_training(cfg: Config, resume: bool = False) -> dict:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from crpo_ray.actors.fleet import FleetActor
     from crpo_ray.actors.train_loop import train_loop_per_worker
 
     learners, rollouts = cfg.learner.num_workers, cfg.rollout.num_workers
     threads = max(1, (os.cpu_count() or 1) // (learners + rollouts))
     init_ray(cfg, learners + rollouts + 2)
-    fleet = FleetActor.options(num_cpus=0).remote(cfg, str(model_dir), train, evals, threads)
+    fleet = _start_fleet(cfg, str(model_dir), train, evals, threads)
     backend = cfg.learner.backend if cfg.learner.backend != "auto" else ("nccl" if cfg.learner.use_gpu else "gloo")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "fleet": fleet, "model_dir": str(model_dir), "run_dir": str(run_dir),
                            "pad_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
                            "threads": threads, "resume_from": str(resume_from) if resume_from else None},
-        scaling_config=ray.train.ScalingConfig(num_workers=learners, use_gpu=cfg.learner.use_gpu,
-                                               resources_per_worker={"CPU": 1}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=learners, use_gpu=cfg.learner.use_gpu, placement_strategy=cfg.cluster.learner_placement.upper(),
+            resources_per_worker={"CPU": 1, **cfg.cluster.learner_resources}),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=str(run_dir.parent),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
-            failure_config=ray.train.FailureConfig(max_failures=0)),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures)),
         torch_config=TorchConfig(backend=backend),
     )
     start = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        _stop_fleet(fleet)
     metrics = dict(result.metrics or {})
     metrics["wall_time"] = time.perf_counter() - start
     metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     metrics["run_dir"] = str(run_dir)
     return metrics
+
+
+def _start_fleet(cfg: Config, model_dir: str, train, evals, threads: int):
+    """The fleet actor lives on the driver's node: losing a worker node never takes it down."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from crpo_ray.actors.fleet import FleetActor
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return FleetActor.options(num_cpus=0, scheduling_strategy=here).remote(cfg, model_dir, train, evals, threads)
+
+
+def _stop_fleet(fleet) -> None:
+    import ray
+
+    try:
+        ray.get(fleet.close.remote(), timeout=30)
+    except Exception:  # noqa: BLE001 - best effort; the actor is killed next
+        pass
+    ray.kill(fleet)
 
 
 EVAL_PRESETS = {
@@ -139,22 +181,22 @@ def run_eval(cfg: Config, max_samples: int) -> dict:
     """Greedy answers from the rollout workers on the eval split; weighted F1 per dataset."""
     import ray
 
-    from crpo_ray.actors.fleet import FleetActor
     from crpo_ray.data import load_sources
     from crpo_ray.tiny import resolve_model_path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    prefer_loopback(cfg.cluster.address or os.environ.get("RAY_ADDRESS", ""))
     require_engine(cfg)
     evals, report = load_sources(cfg.data.eval, strict=cfg.data.strict, fix_text=cfg.data.fix_mojibake)
     if evals.num_rows == 0:
         raise ConfigError("no evaluation examples (data.eval or --datasets)")
     model_dir = resolve_model_path(cfg.model.path, cfg.model.tiny_cache_dir, cfg.model.tiny_seed)
     init_ray(cfg, cfg.rollout.num_workers + 1)
-    fleet = FleetActor.options(num_cpus=0).remote(cfg, str(model_dir), evals, evals, 1)
+    fleet = _start_fleet(cfg, str(model_dir), evals, evals, 1)
     try:
         result = ray.get(fleet.evaluate.remote(max_samples))
     finally:
-        ray.kill(fleet)
+        _stop_fleet(fleet)
     result["unmapped_gold_labels"] = report.unmapped
     result["model"] = str(model_dir)
     return result

@@ -28,8 +28,8 @@ from crpo_ray.actors.learner import (LossParams, full_optimizer_state, full_stat
 class _Publisher:
     """Rank 0: gather the full state dict, pack it, one ray.put, every rollout worker loads it."""
 
-    def __init__(self, fleet, rank: int):
-        self.fleet, self.rank = fleet, rank
+    def __init__(self, fleet, rank: int, wait: bool = True):
+        self.fleet, self.rank, self.wait = fleet, rank, wait
 
     def __call__(self, model, version: int):
         """Returns (metrics, the full state dict published: rank 0 only, {} elsewhere)."""
@@ -41,7 +41,7 @@ class _Publisher:
         packed = pack_state_dict(state, version)
         ref = ray.put(packed)
         t2 = time.perf_counter()
-        report = ray.get(self.fleet.sync_weights.remote([ref], version))
+        report = ray.get(self.fleet.sync_weights.remote([ref], version, self.wait))
         if any(v != version for v in report["versions"]):
             raise RuntimeError(f"rollout workers report versions {report['versions']}, expected {version}")
         t3 = time.perf_counter()
@@ -51,9 +51,30 @@ class _Publisher:
                 "worker_versions": report["versions"]}, state
 
 
+def _truncate_log(path: Path, start: int) -> None:
+    """Keep the rows of steps before ``start``: a resumed or restarted run logs the later ones again.
+
+    A row cut short by a killed process is dropped too. Rewritten atomically.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] < start:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
 class _MetricsSink:
-    def __init__(self, run_dir: Path, tensorboard: bool):
+    def __init__(self, run_dir: Path, tensorboard: bool, start: int = 0):
         run_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "prompts.jsonl"):
+            _truncate_log(run_dir / name, start)
         self.metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self.prompts = open(run_dir / "prompts.jsonl", "a", encoding="utf-8")
         self.tb = None
@@ -111,12 +132,17 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(config["threads"])
     torch.manual_seed(config["cfg"].run.seed)
     cfg, device, start, model, ref_model, optimizer, scheduler = _setup(config, rank)
-    fleet, publish = config["fleet"], _Publisher(config["fleet"], rank)
+    sync = cfg.cluster.mode == "sync"
+    fleet, publish = config["fleet"], _Publisher(config["fleet"], rank, wait=sync)
     pad_id = config["pad_id"]
+    # Async: samples come from older weights; the importance ratio uses the behavior log-probs.
     params = LossParams(stage_betas_from_config(cfg.algorithm, len(cfg.stage_names)), cfg.algorithm.clip_low,
                         cfg.algorithm.clip_high, cfg.algorithm.kl_beta, cfg.algorithm.aggregation,
-                        cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.algorithm.recompute_old_logprobs)
-    sink = _MetricsSink(Path(config["run_dir"]), cfg.logging.tensorboard) if rank == 0 else None
+                        cfg.rollout.temperature, cfg.rollout.max_new_tokens,
+                        cfg.algorithm.recompute_old_logprobs and sync)
+    sink = _MetricsSink(Path(config["run_dir"]), cfg.logging.tensorboard, start) if rank == 0 else None
+    if rank == 0:  # a (re)started worker group: the fleet drops work queued for another timeline
+        ray.get(fleet.reset.remote(start))
     publish(model, start)  # rollout workers start from the learner's weights
     dist.barrier()
     for step in range(start, cfg.run.total_steps):
@@ -157,9 +183,11 @@ def _eval_metrics(fleet, cfg) -> dict:
 def _finish_step(config, rank, step, done, metrics, example_ids, state, model, optimizer, scheduler, sink) -> None:
     """Log, and checkpoint when due; ``state`` is the full state dict just published (rank 0)."""
     cfg = config["cfg"]
-    overhead = metrics["time_step"] - sum(metrics.get(k, 0.0) for k in
-                                          ("time_generate", "time_score", "time_train", "time_sync", "time_eval"))
-    metrics["time_overhead"] = overhead
+    # Sync: the step is generate, score, train, sync, eval in turn. Async: generation overlaps
+    # training, so the learner's own view is waiting for the batch, training, sync and eval.
+    parts = ("time_generate", "time_score") if cfg.cluster.mode == "sync" else ("time_wait_batch",)
+    metrics["time_overhead"] = metrics["time_step"] - sum(
+        metrics.get(k, 0.0) for k in parts + ("time_train", "time_sync", "time_eval"))
     save = done == cfg.run.total_steps or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0)
     checkpoint_dir = None
     if save:

@@ -13,7 +13,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -90,6 +90,15 @@ class RolloutConfig:
     max_new_tokens: int = 512
     vllm_logprobs_topk: int = 20
     vllm_gpu_memory_utilization: float = 0.5
+    # Elastic pool: num_workers start; the pool grows to max_workers while prompt groups wait
+    # and shrinks to min_workers when workers idle (None: num_workers, a fixed pool).
+    min_workers: Optional[int] = None
+    max_workers: Optional[int] = None
+    scale_up_pending: int = 0  # add a worker while more than this many groups wait ...
+    scale_up_after_s: float = 10.0  # ... for this long
+    scale_down_idle_s: float = 60.0  # retire a worker idle this long
+    chunk_groups: int = 0  # prompt groups per generate call; 0: prompts_per_step / num_workers
+    max_attempts: int = 3  # a chunk whose worker dies is re-dispatched up to this many times
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,15 @@ class ClusterConfig:
     num_cpus: int = 0  # embedded Ray only; 0: all cores
     namespace: str = "crpo-ray"
     mode: str = "sync"  # sync | async
-    max_staleness: int = 1
+    max_staleness: int = 1  # async: samples from policy version >= step - max_staleness
+    # Placement: custom resources each actor requests, matching node types' resources
+    # (e.g. {rollout: 1}); empty: anywhere.
+    rollout_resources: Dict[str, float] = field(default_factory=dict)
+    learner_resources: Dict[str, float] = field(default_factory=dict)
+    scorer_resources: Dict[str, float] = field(default_factory=dict)
+    learner_placement: str = "pack"  # pack | spread (Ray Train placement group strategy)
+    rollout_placement: str = "default"  # default | spread
+    request_resources: bool = True  # elastic pool asks the autoscaler for rollout bundles
 
 
 @dataclass(frozen=True)
@@ -169,6 +186,7 @@ class CheckpointConfig:
     keep_last: int = 2
     storage_path: str = ""  # empty: <output_dir>/<name>/checkpoints; or s3://, gs://
     resume: bool = False
+    max_failures: int = 2  # learner worker-group restarts from the last checkpoint
 
 
 @dataclass(frozen=True)
@@ -316,6 +334,21 @@ def validate(cfg: Config, where: str = "<config>") -> None:
     _one_of(cfg.learner.lr_schedule, ("constant", "linear", "cosine"), where, "learner.lr_schedule")
     _one_of(cfg.cluster.mode, ("sync", "async"), where, "cluster.mode")
     _check(cfg.cluster.max_staleness >= 0, where, "cluster.max_staleness", "must be >= 0")
+    _one_of(cfg.cluster.learner_placement, ("pack", "spread"), where, "cluster.learner_placement")
+    _one_of(cfg.cluster.rollout_placement, ("default", "spread"), where, "cluster.rollout_placement")
+    for section in ("rollout_resources", "learner_resources", "scorer_resources"):
+        for name, amount in getattr(cfg.cluster, section).items():
+            _check(amount > 0 and name not in ("CPU", "GPU"), where, f"cluster.{section}.{name}",
+                   "custom resource amounts must be > 0 (CPU and GPU are set by the program)")
+    _check(cfg.checkpoint.max_failures >= 0, where, "checkpoint.max_failures", "must be >= 0")
+    ro = cfg.rollout
+    lo, hi = pool_bounds(ro)
+    _check(0 <= lo <= ro.num_workers <= hi, where, "rollout.min_workers",
+           f"need 0 <= min_workers ({lo}) <= num_workers ({ro.num_workers}) <= max_workers ({hi})")
+    _check(ro.chunk_groups >= 0 and ro.scale_up_pending >= 0, where, "rollout.chunk_groups", "must be >= 0")
+    _check(ro.scale_up_after_s >= 0 and ro.scale_down_idle_s > 0, where, "rollout.scale_down_idle_s",
+           "scale_up_after_s must be >= 0 and scale_down_idle_s > 0")
+    _check(ro.max_attempts >= 1, where, "rollout.max_attempts", "must be >= 1")
     _check(cfg.run.total_steps >= 1, where, "run.total_steps", "must be >= 1")
     for section in ("train", "eval"):
         for i, src in enumerate(getattr(cfg.data, section)):
@@ -323,6 +356,13 @@ def validate(cfg: Config, where: str = "<config>") -> None:
             _one_of(src.format, ("mental_r1", "imhi"), where, f"{key}.format")
             _one_of(src.split, ("train", "val", "test"), where, f"{key}.split")
             _check(src.max_examples_per_dataset >= 0, where, f"{key}.max_examples_per_dataset", "must be >= 0")
+
+
+def pool_bounds(rollout: RolloutConfig):
+    """(min_workers, max_workers) of the rollout pool; None means num_workers."""
+    lo = rollout.num_workers if rollout.min_workers is None else rollout.min_workers
+    hi = rollout.num_workers if rollout.max_workers is None else rollout.max_workers
+    return lo, hi
 
 
 def to_dict(cfg) -> dict:
