@@ -11,7 +11,8 @@ API::
         fc.wait_for_nodes(2, "rollout", timeout=90)   # -> seconds until exactly 2 run
     # here every process of that cluster (head, monitor, fake nodes, workers) is gone
 
-``fake_cluster(config=..., head_cpus=2, head_resources=None, env=None, start_timeout=180)``:
+``fake_cluster(config=..., head_cpus=2, head_resources=None, env=None, start_timeout=180,
+attempts=2, temp_dir=None)``:
 
 * ``config``: an autoscaler YAML for the ``fake_multinode`` provider (default
   ``cluster/fake-multinode.yaml``: head + node type ``rollout`` with resource ``rollout``,
@@ -20,7 +21,8 @@ API::
 * The head runs ``ray start --head --node-ip-address 127.0.0.1 --port <free port>`` with
   ``RAY_FAKE_CLUSTER=1``, ``AUTOSCALER_UPDATE_INTERVAL_S=1``, every port free-picked (GCS,
   dashboard on 127.0.0.1, client server, agents, metrics, autoscaler metrics), and
-  ``--temp-dir`` a new private directory under /tmp.
+  ``--temp-dir`` a new private directory under /tmp (or ``temp_dir``, which must not exist;
+  keep it short: Unix socket paths under it must stay below 108 bytes).
 * Authentication: ``RAY_AUTH_MODE`` from ``env``/``os.environ``, ``token`` when unset. In
   token mode the cluster gets a token of its own (a file in its private directory, named by
   ``RAY_AUTH_TOKEN_PATH``), never ``~/.ray/auth_token``.
@@ -205,13 +207,17 @@ def _start_head(temp_dir: Path, config: Path, head_cpus: int, head_resources: Op
 @contextmanager
 def fake_cluster(config: Path = DEFAULT_CONFIG, head_cpus: int = 2, head_resources: Optional[dict] = None,
                  env: Optional[Dict[str, str]] = None, start_timeout: float = 180,
-                 attempts: int = 2) -> Iterator[FakeCluster]:
+                 attempts: int = 2, temp_dir: Optional[Path] = None) -> Iterator[FakeCluster]:
     """Start a private fake-autoscaling Ray cluster on 127.0.0.1; always stop it (see module doc).
 
     ``attempts``: Ray gives a starting raylet a fixed 30 s to register, which an overloaded
     2-core machine can miss; a failed start is cleaned up and retried on fresh ports.
     """
-    temp_dir = Path(tempfile.mkdtemp(prefix="crpo-fc-", dir="/tmp"))  # short: Unix socket paths
+    if temp_dir is None:
+        temp_dir = Path(tempfile.mkdtemp(prefix="crpo-fc-", dir="/tmp"))  # short: Unix socket paths
+    else:
+        temp_dir = Path(temp_dir)
+        temp_dir.mkdir(parents=True)  # a new directory: everything in it is this cluster's
     base_env = dict(os.environ if env is None else env)
     base_env.pop("RAY_ADDRESS", None)
     base_env.pop("RAY_AUTH_TOKEN", None)
