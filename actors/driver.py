@@ -72,6 +72,7 @@ def prefer_loopback(address: str) -> None:
 
 def init_ray(cfg: Config, num_cpus_needed: int) -> None:
     """Join the configured cluster (or RAY_ADDRESS, as under `ray job submit`); else start one on 127.0.0.1."""
+    prefer_loopback(cfg.cluster.address or os.environ.get("RAY_ADDRESS", ""))
     import ray
 
     if ray.is_initialized():
@@ -82,13 +83,19 @@ def init_ray(cfg: Config, num_cpus_needed: int) -> None:
         ray.init(address=address, namespace=cfg.cluster.namespace, runtime_env=env, log_to_driver=True)
         return
     cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, num_cpus_needed)
-    ray.init(_node_ip_address="127.0.0.1", num_cpus=cpus, include_dashboard=False,
+    # address="local": always a new cluster of our own, never one found running on the machine
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=cpus, include_dashboard=False,
              namespace=cfg.cluster.namespace, runtime_env=env, log_to_driver=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    found = sorted(run_dir.glob("checkpoint_*/trainer_state.json"), key=lambda p: p.stat().st_mtime)
-    return found[-1].parent if found else None
+    """The newest checkpoint that verifies; newer damaged ones are reported and skipped."""
+    from crpo_ray.actors.checkpoint import latest_valid_checkpoint
+
+    found, skipped = latest_valid_checkpoint(run_dir)
+    for line in skipped:
+        print(f"[crpo-ray] --resume: skipping {line}", flush=True)
+    return found
 
 
 def run_training(cfg: Config, resume: bool = False) -> dict:

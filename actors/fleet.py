@@ -78,6 +78,9 @@ class ExperienceFleet:
             accuracy_scale=cfg.reward.accuracy_scale, uncertainty_weight=cfg.reward.uncertainty_weight,
             adv_eps=cfg.algorithm.adv_eps, scale_adv_by_std=cfg.algorithm.scale_adv_by_std, prefilled=cfg.prompt.prefill)
         self.max_staleness = cfg.cluster.max_staleness if cfg.cluster.mode == "async" else 0
+        # Async also queues one step beyond the bound, started the moment its weights arrive;
+        # sync keeps the step strictly sequential (generate, score, train, sync).
+        self.lookahead = 1 if cfg.cluster.mode == "async" else 0
         self.chunk = default_chunk(cfg.rollout.prompts_per_step, cfg.rollout.num_workers, cfg.rollout.chunk_groups)
         self.scorers = [self._new_scorer() for _ in range(cfg.rollout.num_scorers)]
         self._rendered: Dict[tuple, tuple] = {}
@@ -237,7 +240,7 @@ class ExperienceFleet:
         """This rank's contiguous share (whole groups) of the step's scored batch, and the step's metrics."""
         pool = await self._started()
         for s in range(self.planned_through + 1,
-                       plan_horizon(step, self.max_staleness, self.cfg.run.total_steps) + 1):
+                       plan_horizon(step, self.max_staleness, self.cfg.run.total_steps, self.lookahead) + 1):
             await self._plan(s)
             self.planned_through = s
         st = self.steps.get(step)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -208,3 +209,5 @@ def _finish_step(config, rank, step, done, metrics, example_ids, state, model, o
     scalars["step"] = done
     checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
     ray.train.report(scalars, checkpoint=checkpoint)
+    if checkpoint_dir is not None:  # Ray Train has persisted its copy under the run directory
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -19,6 +19,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from crpo_ray.secret_keys import find_secret_keys, secret_keys_message
+
 DEFAULT_STAGES = (
     ("stimulus", "the key event, situation or object in the post, stated without interpretation"),
     ("primary_appraisal", "how much the event matters to the writer and what harm, threat or challenge it may bring"),
@@ -233,6 +235,9 @@ def _read_yaml(path: Path):
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
+    secrets = find_secret_keys(raw)
+    if secrets:
+        raise ConfigError(secret_keys_message(secrets, str(path)))
     _check_keys(raw, Config, "", str(path))
     return OmegaConf.create(raw)
 
@@ -270,6 +275,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")
+        if find_secret_keys({item.split("=", 1)[0]: None}):
+            raise ConfigError(secret_keys_message([item.split("=", 1)[0]], f"override '{item.split('=', 1)[0]}'"))
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:

@@ -73,3 +73,44 @@ def test_rollout_nodes_scale_up_and_down():
     assert cluster_processes(temp_dir) == [] and not temp_dir.exists()
     print(f"fake autoscaler: start {started:.1f}s, up {out['up_s']}s (raylets seen {seen_up:.1f}s), down {out['down_s']}s, "
           f"total {time.monotonic() - t0:.1f}s")
+
+
+@pytest.mark.slow
+def test_training_scales_rollout_nodes_up_and_down(tiny_model_dir, tmp_path):
+    """A training run on the fake autoscaler: the elastic pool starts rollout nodes 0 -> 2
+    while prompt groups wait, retires idle workers so the nodes go away while the learner
+    trains, and the run still trains every prompt of every step once."""
+    from pathlib import Path
+
+    from test_fault_tolerance import _assert_each_prompt_once
+
+    steps = 4
+    cli = str(Path(sys.executable).parent / "crpo-ray")
+    with fake_cluster(head_cpus=4) as fc:
+        args = [f"cluster.address={fc.address}", f"model.path={tiny_model_dir}", f"run.output_dir={tmp_path}",
+                f"run.total_steps={steps}", "rollout.num_workers=1", "rollout.min_workers=0",
+                "rollout.max_workers=2", "rollout.chunk_groups=1", "rollout.scale_up_after_s=1",
+                "rollout.scale_down_idle_s=2", "rollout.max_new_tokens=64", "cluster.rollout_resources.rollout=1",
+                "checkpoint.every=2", "logging.tensorboard=false"]
+        log = tmp_path / "train.log"
+        proc = subprocess.Popen([cli, "train", "--config", "configs/tiny-cpu.yaml", *args], env=fc.env,
+                                cwd=Path(__file__).resolve().parents[1], stdout=open(log, "w"),
+                                stderr=subprocess.STDOUT)
+        counts = []  # rollout nodes seen while the run goes on
+        try:
+            while proc.poll() is None:
+                counts.append(fc.fake_nodes("rollout"))
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, log.read_text()[-4000:]
+    rows = [json.loads(x) for x in (tmp_path / "tiny-cpu" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(steps))
+    peak = counts.index(max(counts))
+    assert counts[0] == 0 and max(counts) == 2, counts  # from no rollout node up to two ...
+    assert min(counts[peak:]) < 2, counts  # ... and down again before the run ended
+    assert rows[-1]["scale_ups"] >= 1 and rows[-1]["scale_downs"] >= 1, rows[-1]
+    assert all(r["policy_versions"] == [r["step"]] for r in rows)  # new workers loaded the weights first
+    _assert_each_prompt_once(tmp_path / "tiny-cpu", steps)
+    print("rollout nodes over the run:", counts)

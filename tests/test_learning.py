@@ -82,11 +82,20 @@ def _warm_start(src: Path, out: Path, steps: int = 300) -> None:
     tok.save_pretrained(out)
 
 
-def test_crpo_raises_reward_through_the_pipeline(tmp_path):
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """The toy data and the warm-started model, shared by the sync and the async run."""
+    root = tmp_path_factory.mktemp("learn")
+    data = root / "data"
     _toy_dataset(data)
-    model_dir = tmp_path / "warm"
-    _warm_start(build_tiny_model(tmp_path / "tiny", seed=0, **ARCH), model_dir)
+    model_dir = root / "warm"
+    _warm_start(build_tiny_model(root / "tiny", seed=0, **ARCH), model_dir)
+    return data, model_dir
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_crpo_raises_reward_through_the_pipeline(mode, warm, tmp_path):
+    data, model_dir = warm
     cfg = tmp_path / "learn.yaml"
     cfg.write_text(
         "run: {name: learn, total_steps: 20, eval_max_examples: 4}\n"
@@ -96,17 +105,25 @@ def test_crpo_raises_reward_through_the_pipeline(tmp_path):
         "rollout: {group_size: 4, prompts_per_step: 8, max_new_tokens: 96, temperature: 0.85, top_p: 1.0}\n"
         "algorithm: {kl_beta: 0.05}\n"
         "learner: {num_workers: 2, lr: 1.0e-4, micro_batch_size: 8}\n"
+        f"cluster: {{mode: {mode}, max_staleness: 1}}\n"
         "logging: {tensorboard: false}\n")
     r = subprocess.run([str(Path(sys.executable).parent / "crpo-ray"), "train", "--config", str(cfg),
                         f"run.output_dir={tmp_path / 'runs'}"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(x) for x in (tmp_path / "runs" / "learn" / "metrics.jsonl").read_text().splitlines()]
-    assert [row["policy_versions"] for row in rows] == [[s] for s in range(20)]
-    # The rollout workers sample with the learner's weights: their log-probs of the sampled
-    # tokens equal the learner's up to float noise (about 1e-8 here). Had the weights not
-    # reached them, this gap grows to 1e-3..1e-2 from the second step on (checked by
-    # turning weight loading into a no-op).
-    assert max(row["logprob_abs_diff"] for row in rows) < 1e-4
+    if mode == "sync":
+        assert [row["policy_versions"] for row in rows] == [[s] for s in range(20)]
+        # The rollout workers sample with the learner's weights: their log-probs of the sampled
+        # tokens equal the learner's up to float noise (about 1e-8 here). Had the weights not
+        # reached them, this gap grows to 1e-3..1e-2 from the second step on (checked by
+        # turning weight loading into a no-op).
+        assert max(row["logprob_abs_diff"] for row in rows) < 1e-4
+    else:
+        # Async: step s trains on samples of version s - 1 (generated while step s - 1 trained),
+        # never older than max_staleness = 1, none dropped.
+        assert [row["policy_versions"] for row in rows] == [[max(0, s - 1)] for s in range(20)]
+        assert max(row["staleness_max"] for row in rows) <= 1
+        assert sum(row["dropped_stale_samples"] for row in rows) == 0
     rewards = [row["reward"] for row in rows]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     print("rewards", [round(x, 3) for x in rewards], "accuracy", [row["accuracy"] for row in rows])

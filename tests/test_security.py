@@ -174,9 +174,6 @@ LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Ray 2.60 on Linux rewrites ray.init(_node_ip_address='127.0.0.1') to the "
-                   "host's IP unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set before Ray is imported; and "
-                   "init_ray without address='local' joins any cluster running on the machine")
 def test_embedded_cluster_is_on_loopback():
     """The driver's embedded Ray: every node on 127.0.0.1, and no Ray process listens elsewhere."""
     tmp = tempfile.mkdtemp(prefix="crpo-sec-", dir="/tmp")  # short: Unix socket paths
@@ -190,8 +187,6 @@ def test_embedded_cluster_is_on_loopback():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="actors/driver.py init_ray calls ray.init() without address='local', "
-                   "so it joins (or fails to join) a cluster already running on the machine")
 def test_embedded_cluster_never_joins_a_running_one():
     from fake_cluster import fake_cluster
 
