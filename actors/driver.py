@@ -110,6 +110,7 @@ def run_training(cfg: Config, resume: bool = False) -> dict:
             failure_config=ray.train.FailureConfig(max_failures=0)),
         torch_config=TorchConfig(backend=backend),
     )
+    save_resolved_config(cfg, run_dir)
     start = time.perf_counter()
     result = trainer.fit()
     metrics = dict(result.metrics or {})
@@ -117,6 +118,18 @@ def run_training(cfg: Config, resume: bool = False) -> dict:
     metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     metrics["run_dir"] = str(run_dir)
     return metrics
+
+
+def save_resolved_config(cfg: Config, run_dir: Path) -> Path:
+    """RUN_DIR/config.yaml: the resolved config of the run (what ``crpo-ray ablate`` compares)."""
+    import yaml
+
+    from crpo_ray.config import to_dict
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    return path
 
 
 EVAL_PRESETS = {

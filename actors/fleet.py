@@ -23,8 +23,9 @@ import ray
 from crpo_ray import schemas
 from crpo_ray.algo import stage_betas_from_config
 from crpo_ray.data import class_counts
-from crpo_ray.metrics import evaluate_predictions
+from crpo_ray.evaluation import evaluate_rows
 from crpo_ray.prompts import render_prompt, resolve_system_prompt
+from crpo_ray.report import sample_records
 from crpo_ray.rewards import balanced_weights
 from crpo_ray.sampler import step_indices
 from crpo_ray.scoring import ScoringParams
@@ -98,7 +99,9 @@ class ExperienceFleet:
         scored_refs = [self.scorers[i % len(self.scorers)].score.remote(ref) for i, ref in enumerate(gen_refs)]
         table = pa.concat_tables(ray.get(scored_refs))
         t3 = time.perf_counter()
-        return table, _batch_metrics(table, cfg.stage_names, prompts, t1 - t0, t2 - t1, t3 - t2)
+        metrics = _batch_metrics(table, cfg.stage_names, prompts, t1 - t0, t2 - t1, t3 - t2)
+        metrics["samples"] = sample_records(table, cfg.stage_names, self.tokenizer, step, cfg.logging.log_completions)
+        return table, metrics
 
     def shard(self, step: int, rank: int, world: int):
         """This rank's contiguous share (whole groups) of the step's scored batch, and the step's metrics."""
@@ -134,10 +137,9 @@ class ExperienceFleet:
             return {}
         prompts = self._prompts(self.evals, rows, "eval")
         tables = ray.get([w.generate.remote(p, 1, True) for w, p in zip(self.workers, self._split(prompts))])
-        out = pa.concat_tables(tables)
-        res = evaluate_predictions(out["dataset"].to_pylist(), out["label"].to_pylist(),
-                                   out["completion"].to_pylist(), out["label_set"].to_pylist())
-        return res.as_dict()
+        out = pa.concat_tables(tables).select(
+            ["dataset", "label", "label_set", "completion", "finish_reason", "prompt_truncated"])
+        return evaluate_rows(out.to_pylist())
 
 
 def _per_dataset_head(table: pa.Table, n: int) -> List[int]:

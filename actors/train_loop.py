@@ -56,6 +56,7 @@ class _MetricsSink:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self.prompts = open(run_dir / "prompts.jsonl", "a", encoding="utf-8")
+        self.samples = open(run_dir / "samples.jsonl", "a", encoding="utf-8")
         self.tb = None
         if tensorboard:
             try:
@@ -64,6 +65,11 @@ class _MetricsSink:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
                 self.tb = None
+
+    def write_samples(self, samples) -> None:
+        """A few completions of the step, with tokens, entropies and stage ids (for ``crpo-ray report``)."""
+        self.samples.writelines(json.dumps(s) + "\n" for s in samples or [])
+        self.samples.flush()
 
     def write(self, step: int, metrics: dict, example_ids) -> None:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
@@ -130,7 +136,9 @@ def train_loop_per_worker(config: dict) -> None:
         sync_m, state = publish(model, step + 1)
         dist.barrier()
         t3 = time.perf_counter()
-        metrics = {**{k: v for k, v in fleet_m.items() if k != "example_ids"}, **train_m, **sync_m,
+        if sink is not None:
+            sink.write_samples(fleet_m.get("samples"))
+        metrics = {**{k: v for k, v in fleet_m.items() if k not in ("example_ids", "samples")}, **train_m, **sync_m,
                    "time_wait_batch": t1 - t0, "time_train": t2 - t1, "time_sync": t3 - t2}
         done = step + 1
         eval_due = done == cfg.run.total_steps or (cfg.run.eval_every and done % cfg.run.eval_every == 0)
