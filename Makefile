@@ -32,8 +32,10 @@ test: $(STAMP) chromium
 chromium:
 	@if command -v chromium >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
 		(apt-get install -y -qq chromium >/dev/null 2>&1 || \
-		 (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) && echo "installed $$(chromium --version)"; \
+		 (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) && echo "installed $$(chromium --version)" \
+		|| echo "make: could not install chromium: the headless-Chromium report test is skipped"; \
 	else echo "make: chromium is not installed and this is not root: the headless-Chromium report test is skipped (install it with: apt-get install chromium)"; fi
 
 clean:
