@@ -99,6 +99,7 @@ def to_markdown(summary: dict) -> str:
     betas = " | ".join(", ".join(f"{b:+.3f}" for b in runs[a]["stage_betas"]) for a in ARMS)
     lines.append(f"| stage betas | {betas} | |")
     diffs = ", ".join(f"`{k}`" for k in summary["config_differences"]) or "none"
+    lines.append("n/a: not measured (a stage that never appeared in the completions has no entropy).")
     lines += ["", f"Same seed ({summary['seed']}), {g['steps']} / {c['steps']} steps. "
               f"Resolved configs differ only in: {diffs}.", "",
               summary.get("note", "")]

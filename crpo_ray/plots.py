@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 Series = Dict[str, Tuple[List[float], List[float]]]  # name -> (steps, values)
 
@@ -27,11 +28,20 @@ def _finite(xs, ys):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def line_chart(series: Series, title: str, ylabel: str = "", xlabel: str = "step") -> bytes:
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+def _lines(ax, series: Series) -> None:
+    drawn = 0
     for name, (xs, ys) in series.items():
         xs, ys = _finite(xs, ys)
         ax.plot(xs, ys, marker="o", markersize=3, label=name)
+        drawn += len(xs)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if not drawn:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="#888")
+
+
+def line_chart(series: Series, title: str, ylabel: str = "", xlabel: str = "step") -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    _lines(ax, series)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -51,6 +61,7 @@ def stacked_bars(steps: Sequence[int], parts: Dict[str, List[float]], title: str
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     return _png(fig)
 
@@ -92,9 +103,7 @@ def multi_panel(panels: Sequence[Tuple[str, Series]], ncols: int = 2) -> bytes:
     nrows = max(1, math.ceil(len(panels) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3 * nrows), squeeze=False)
     for ax, (title, series) in zip(axes.flat, panels):
-        for name, (xs, ys) in series.items():
-            xs, ys = _finite(xs, ys)
-            ax.plot(xs, ys, marker="o", markersize=3, label=name)
+        _lines(ax, series)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -172,11 +172,12 @@ def eval_table_html(ev: Optional[dict], rows: Sequence[dict]) -> str:
 def sample_html(rec: dict) -> str:
     """One completion: each token underlined in its stage's color, its background shaded by entropy."""
     ents = rec.get("entropies") or []
-    top = max([e for e in ents if e == e] or [1.0]) or 1.0
+    finite = [e for e in ents if e == e] or [0.0]
+    low, span = min(finite), (max(finite) - min(finite)) or 1.0
     spans = []
     for tok, ent, sid in zip(rec.get("tokens", []), ents, rec.get("stage_ids", [])):
         color = STAGE_COLORS[sid % len(STAGE_COLORS)] if sid >= 0 else OUTSIDE_COLOR
-        alpha = min(1.0, max(0.0, ent / top)) * 0.6 if ent == ent else 0.0
+        alpha = min(1.0, max(0.0, (ent - low) / span)) * 0.6 if ent == ent else 0.0
         spans.append(f'<span class="tok" style="border-color:{color};background:rgba(255,140,0,{alpha:.2f})" '
                      f'title="H={ent:.3f}">{_e(tok)}</span>')
     meta = (f"step {rec.get('step', 0) + 1} &middot; {_e(rec.get('dataset'))} &middot; {_e(rec.get('example_id'))} "
@@ -190,8 +191,8 @@ def _legend(stage_names: Sequence[str]) -> str:
     items = [f'<span><i class="sw" style="background:{STAGE_COLORS[k % len(STAGE_COLORS)]}"></i>{_e(n)}</span>'
              for k, n in enumerate(stage_names)]
     items.append(f'<span><i class="sw" style="background:{OUTSIDE_COLOR}"></i>outside any stage</span>')
-    items.append('<span><i class="sw" style="background:rgba(255,140,0,0.6)"></i>high entropy (relative to '
-                 'the sample)</span>')
+    items.append('<span><i class="sw" style="background:rgba(255,140,0,0.6)"></i>entropy, from the lowest '
+                 '(white) to the highest of the sample</span>')
     return f'<div class="legend">{"".join(items)}</div>'
 
 
