@@ -166,6 +166,10 @@ def run_eval(cfg: Config, max_samples: int) -> dict:
     fleet = FleetActor.options(num_cpus=0).remote(cfg, str(model_dir), evals, evals, 1)
     try:
         result = ray.get(fleet.evaluate.remote(max_samples))
+    except ray.exceptions.RayTaskError as exc:  # bad input found in the actor (e.g. the prompt budget): one line
+        if isinstance(exc.cause, (ValueError, FileNotFoundError)):
+            raise exc.cause from None
+        raise
     finally:
         ray.kill(fleet)
     result["unmapped_gold_labels"] = report.unmapped

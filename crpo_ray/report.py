@@ -196,6 +196,18 @@ def _legend(stage_names: Sequence[str]) -> str:
     return f'<div class="legend">{"".join(items)}</div>'
 
 
+def _input_counts(rows: Sequence[dict]) -> str:
+    """Posts cut to fit the prompt budget and answers cut at max_new_tokens, over all steps."""
+    cut = [_num(r.get("prompts_truncated")) for r in rows]
+    resp = [_num(r.get("truncated_responses")) for r in rows]
+    parts = []
+    if any(v is not None for v in cut):
+        parts.append(f"Training prompts cut to fit the budget: {int(sum(v or 0 for v in cut))}.")
+    if any(v is not None for v in resp):
+        parts.append(f"Share of completions cut at max_new_tokens: {sum(v or 0 for v in resp) / len(rows):.0%}.")
+    return (" " + " ".join(parts)) if parts else ""
+
+
 def render_html(title: str, rows: Sequence[dict], samples: Sequence[dict], ev: Optional[dict] = None,
                 stage_names: Sequence[str] = (), max_samples: int = 12) -> str:
     """The whole report page as one string."""
@@ -207,7 +219,8 @@ def render_html(title: str, rows: Sequence[dict], samples: Sequence[dict], ev: O
         "<p>Sample completions: not recorded.</p>"
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>crpo-ray report: {_e(title)}</h1><p>{len(rows)} logged steps, {len(samples)} recorded samples.</p>"
+            f"<h1>crpo-ray report: {_e(title)}</h1><p>{len(rows)} logged steps, {len(samples)} recorded samples."
+            f"{_input_counts(rows)}</p>"
             f"<h2>Evaluation</h2>{eval_table_html(ev, rows)}"
             f"<h2>Training curves</h2><div class=\"charts\">{charts}</div>"
             f"<h2>Sample completions (last {len(shown)})</h2>{sample_part}</body></html>")

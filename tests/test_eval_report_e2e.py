@@ -21,32 +21,36 @@ def _cli(args, timeout=600):
     return subprocess.run(CLI + args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def _foreign_model(path):
+def _foreign_model(path, tiny_model_dir):
     """A random GPT-2 (never trained with crpo-ray) whose tokenizer has no chat template."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from crpo_ray.tiny import train_tokenizer
-
-    tok = train_tokenizer(["a small corpus of posts about stress and sleep and work"] * 20, vocab_size=300)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = None
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=32, n_layer=1, n_head=2,
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=2048, n_embd=32, n_layer=1, n_head=2,
                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     GPT2LMHeadModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
-    return tok
+    return AutoTokenizer.from_pretrained(path)
 
 
-def test_eval_foreign_model_without_chat_template(tmp_path):
-    from crpo_ray.config import load_config
+def test_eval_foreign_model_without_chat_template(tmp_path, tiny_model_dir):
+    from crpo_ray.config import DataSourceConfig, load_config
     from crpo_ray.data import load_sources
-    from crpo_ray.prompts import render_prompt, resolve_system_prompt
+    from crpo_ray.prompts import TRUNCATION_MARK, render_prompt, resolve_system_prompt
 
     model = tmp_path / "gpt2-random"
-    tok = _foreign_model(model)
+    tok = _foreign_model(model, tiny_model_dir)
+    assert tok.chat_template is None
+    cfg = load_config(REPO / "configs/tiny-cpu.yaml")
+    system = resolve_system_prompt(cfg.prompt.system_prompt, [(s.name, s.description) for s in cfg.prompt.stages])
+    empty = render_prompt(tok, "Is this post stressful?", TRUNCATION_MARK, system_prompt=system,
+                          stage_names=cfg.stage_names, max_prompt_tokens=100_000)
+    assert "### Post" in empty.text  # the plain prompt format
+    budget = len(empty.token_ids) + 60  # room for the instruction and a short post: long posts are cut
     out = tmp_path / "eval"
-    budget = 300
     r = _cli(["eval", "--model", str(model), "--config", "configs/tiny-cpu.yaml", "--datasets", "mental-r1",
               "--max-samples", "2", "--out", str(out), "rollout.max_new_tokens=6",
               f"prompt.max_prompt_tokens={budget}"])
@@ -60,22 +64,22 @@ def test_eval_foreign_model_without_chat_template(tmp_path):
             s["unparseable_reasons"].values())
         assert s["baselines"]["majority"]["weighted_f1"] >= 0
     # posts over the prompt budget are counted: the same count as rendering them here
-    cfg = load_config(REPO / "configs/tiny-cpu.yaml")
-    table, _ = load_sources([s.__class__(format="mental_r1", root="data/mental-r1", split="test")], strict=True)
-    system = resolve_system_prompt(cfg.prompt.system_prompt, [(s.name, s.description) for s in cfg.prompt.stages])
+    table, _ = load_sources([DataSourceConfig(format="mental_r1", root=str(REPO / "data/mental-r1"), split="test")],
+                            strict=True, fix_text=cfg.data.fix_mojibake)
     seen, truncated = {}, 0
     for row in table.to_pylist():
         if seen.setdefault(row["dataset"], 0) < 2:
             seen[row["dataset"]] += 1
             truncated += render_prompt(tok, row["instruction"], row["text"], system_prompt=system,
                                        stage_names=cfg.stage_names, max_prompt_tokens=budget).truncated
-    assert truncated > 0 and res["prompts_truncated"] == truncated
+    assert 0 < truncated < res["n"] and res["prompts_truncated"] == truncated
 
 
 def test_ablate_then_report(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "ablation"
     r = _cli(["ablate", "--config", "configs/tiny-cpu.yaml", "--out", str(out), "run.total_steps=2",
-              f"run.output_dir={runs}", "run.eval_max_examples=2", "rollout.max_new_tokens=16", "run.name=abl"],
+              f"run.output_dir={runs}", "run.eval_max_examples=2", "rollout.max_new_tokens=16", "rollout.prompts_per_step=2",
+              "run.name=abl"],
              timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "ablation.json").read_text())

@@ -19,7 +19,7 @@ def _rows(n=4, staleness=False):
         r = {"step": i, "reward": 0.1 * i, "reward_format": 0.5, "reward_accuracy": -0.2 + 0.1 * i,
              "reward_uncertainty": 0.05, "accuracy": 0.25 * i, "format_ok": 0.5, "kl": 0.01 * i,
              "clip_frac": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "time_generate": 2.0,
-             "time_score": 0.2, "time_train": 1.0, "time_sync": 0.1, "time_overhead": 0.05, "time_step": 3.35,
+             "time_score": 0.2, "time_train": 1.0, "time_sync": 0.1, "time_overhead": 0.05, "time_step": 3.35, "prompts_truncated": 1,
              **{f"rollout_stage_entropy/{s}": 1.0 + 0.1 * k + 0.01 * i for k, s in enumerate(STAGES)},
              **{f"stage_entropy/{k}": 1.1 + 0.1 * k for k in range(5)}}
         if staleness:
@@ -58,7 +58,7 @@ def test_html_is_self_contained_and_marks_missing_charts(tiny_tokenizer):
     assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)  # 6 curves + time
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert page.count('class="sample"') == 2 and f"border-color:{STAGE_COLORS[4]}" in page
-    assert "0.4200" in page and "prompt truncated" in page
+    assert "0.4200" in page and "prompt truncated" in page and "cut to fit the budget: 4." in page
     with_staleness = render_html("run-x", _rows(staleness=True), [])
     assert "Staleness: not recorded" not in with_staleness and "Sample completions: not recorded" in with_staleness
 
@@ -86,3 +86,18 @@ def test_report_renders_in_headless_chromium(tmp_path, tiny_tokenizer):
     assert got["dom"].count("<img") == 7 and got["dom"].count('class="tok"') > 10
     stats = image_stats(got["screenshot"])
     assert stats["width"] == 1300 and stats["colors"] > 100 and stats["std"] > 10
+
+
+def test_report_and_ablate_bad_input_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    for args in (["report", str(tmp_path / "missing")], ["report", str(tmp_path)],
+                 ["ablate", "--config", "configs/tiny-cpu-grpo.yaml", f"run.output_dir={tmp_path}"]):
+        r = subprocess.run([sys.executable, "-m", "crpo_ray.cli", *args], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("crpo-ray: error: "), r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
