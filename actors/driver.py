@@ -65,7 +65,8 @@ def init_ray(cfg: Config, num_cpus_needed: int) -> None:
         ray.init(address=address, namespace=cfg.cluster.namespace, runtime_env=env, log_to_driver=True)
         return
     cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, num_cpus_needed)
-    ray.init(_node_ip_address="127.0.0.1", num_cpus=cpus, include_dashboard=False,
+    # address="local": always a new instance, never a `ray start` cluster found on this machine
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=cpus, include_dashboard=False,
              namespace=cfg.cluster.namespace, runtime_env=env, log_to_driver=True)
 
 

@@ -17,7 +17,8 @@ CLI = [sys.executable, "-m", "crpo_ray.cli"]
 
 
 def _cli(args, timeout=600):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_ADDRESS="")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("RAY_ADDRESS", None)  # an embedded Ray of its own
     return subprocess.run(CLI + args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -46,10 +47,22 @@ def test_eval_foreign_model_without_chat_template(tmp_path, tiny_model_dir):
     assert tok.chat_template is None
     cfg = load_config(REPO / "configs/tiny-cpu.yaml")
     system = resolve_system_prompt(cfg.prompt.system_prompt, [(s.name, s.description) for s in cfg.prompt.stages])
-    empty = render_prompt(tok, "Is this post stressful?", TRUNCATION_MARK, system_prompt=system,
-                          stage_names=cfg.stage_names, max_prompt_tokens=100_000)
-    assert "### Post" in empty.text  # the plain prompt format
-    budget = len(empty.token_ids) + 60  # room for the instruction and a short post: long posts are cut
+    table, _ = load_sources([DataSourceConfig(format="mental_r1", root=str(REPO / "data/mental-r1"), split="test")],
+                            strict=True, fix_text=cfg.data.fix_mojibake)
+    seen, rows = {}, []
+    for row in table.to_pylist():  # what --max-samples 2 evaluates: the first 2 of each dataset
+        if seen.setdefault(row["dataset"], 0) < 2:
+            seen[row["dataset"]] += 1
+            rows.append(row)
+
+    def render(row, budget):
+        return render_prompt(tok, row["instruction"], row["text"], system_prompt=system,
+                             stage_names=cfg.stage_names, max_prompt_tokens=budget)
+
+    fixed = max(len(render(dict(r, text=TRUNCATION_MARK), 100_000).token_ids) for r in rows)
+    budget = fixed + 40  # the template fits; posts over about 40 tokens are cut
+    assert "### Post" in render(rows[0], budget).text  # the plain prompt format
+    truncated = sum(render(r, budget).truncated for r in rows)
     out = tmp_path / "eval"
     r = _cli(["eval", "--model", str(model), "--config", "configs/tiny-cpu.yaml", "--datasets", "mental-r1",
               "--max-samples", "2", "--out", str(out), "rollout.max_new_tokens=6",
@@ -57,22 +70,13 @@ def test_eval_foreign_model_without_chat_template(tmp_path, tiny_model_dir):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "eval.json").read_text())
     assert (out / "eval.md").read_text().startswith("Model: ") and image_stats(out / "eval.png")["colors"] > 3
-    assert res["n"] == sum(s["n"] for s in res["datasets"].values()) and len(res["datasets"]) > 1
+    assert res["n"] == len(rows) == sum(s["n"] for s in res["datasets"].values()) and len(res["datasets"]) > 1
     for s in res["datasets"].values():  # every answer is in the confusion matrix, none dropped
         assert sum(map(sum, s["confusion"]["matrix"])) == s["n"] == 2
         assert s["unparseable"] == sum(row[-1] for row in s["confusion"]["matrix"]) == sum(
             s["unparseable_reasons"].values())
         assert s["baselines"]["majority"]["weighted_f1"] >= 0
-    # posts over the prompt budget are counted: the same count as rendering them here
-    table, _ = load_sources([DataSourceConfig(format="mental_r1", root=str(REPO / "data/mental-r1"), split="test")],
-                            strict=True, fix_text=cfg.data.fix_mojibake)
-    seen, truncated = {}, 0
-    for row in table.to_pylist():
-        if seen.setdefault(row["dataset"], 0) < 2:
-            seen[row["dataset"]] += 1
-            truncated += render_prompt(tok, row["instruction"], row["text"], system_prompt=system,
-                                       stage_names=cfg.stage_names, max_prompt_tokens=budget).truncated
-    assert 0 < truncated < res["n"] and res["prompts_truncated"] == truncated
+    assert truncated > 0 and res["prompts_truncated"] == truncated  # posts over the budget are counted
 
 
 def test_ablate_then_report(tmp_path):
