@@ -82,7 +82,7 @@ def test_eval_foreign_model_without_chat_template(tmp_path, tiny_model_dir):
 def test_ablate_then_report(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "ablation"
     r = _cli(["ablate", "--config", "configs/tiny-cpu.yaml", "--out", str(out), "run.total_steps=2",
-              f"run.output_dir={runs}", "run.eval_max_examples=2", "rollout.max_new_tokens=16", "rollout.prompts_per_step=2",
+              f"run.output_dir={runs}", "run.eval_max_examples=2", "rollout.max_new_tokens=8", "rollout.prompts_per_step=2",
               "run.name=abl"],
              timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
