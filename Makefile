@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.crpo-ray-installed
 # GPU users: install your CUDA build of torch into .venv first; it is kept.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install train test clean
+.PHONY: install train test clean chromium
 
 install: $(STAMP)
 
@@ -25,8 +25,18 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(VENV)/bin/crpo-ray train --config configs/tiny-cpu.yaml $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q tests $(ARGS)
+
+# Headless Chromium for the HTML report test (tests/test_report.py), from Debian's packages.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		(apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) && echo "installed $$(chromium --version)" \
+		|| echo "make: could not install chromium: the headless-Chromium report test is skipped"; \
+	else echo "make: chromium is not installed and this is not root: the headless-Chromium report test is skipped (install it with: apt-get install chromium)"; fi
 
 clean:
 	rm -rf $(VENV) .cache runs

@@ -135,6 +135,7 @@ def run_training(cfg: Config, resume: bool = False) -> dict:
             failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures)),
         torch_config=TorchConfig(backend=backend),
     )
+    save_resolved_config(cfg, run_dir)
     start = time.perf_counter()
     try:
         result = trainer.fit()
@@ -166,6 +167,18 @@ def _stop_fleet(fleet) -> None:
     except Exception:  # noqa: BLE001 - best effort; the actor is killed next
         pass
     ray.kill(fleet)
+
+
+def save_resolved_config(cfg: Config, run_dir: Path) -> Path:
+    """RUN_DIR/config.yaml: the resolved config of the run (what ``crpo-ray ablate`` compares)."""
+    import yaml
+
+    from crpo_ray.config import to_dict
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    return path
 
 
 EVAL_PRESETS = {
@@ -202,6 +215,10 @@ def run_eval(cfg: Config, max_samples: int) -> dict:
     fleet = _start_fleet(cfg, str(model_dir), evals, evals, 1)
     try:
         result = ray.get(fleet.evaluate.remote(max_samples))
+    except ray.exceptions.RayTaskError as exc:  # bad input found in the actor (e.g. the prompt budget): one line
+        if isinstance(exc.cause, (ValueError, FileNotFoundError)):
+            raise exc.cause from None
+        raise
     finally:
         _stop_fleet(fleet)
     result["unmapped_gold_labels"] = report.unmapped

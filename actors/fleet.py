@@ -32,8 +32,9 @@ from ray.exceptions import RayActorError
 from crpo_ray import schemas
 from crpo_ray.config import pool_bounds
 from crpo_ray.data import class_counts
-from crpo_ray.metrics import evaluate_predictions
+from crpo_ray.evaluation import evaluate_rows
 from crpo_ray.prompts import render_prompt, resolve_system_prompt
+from crpo_ray.report import sample_records
 from crpo_ray.rewards import balanced_weights
 from crpo_ray.sampler import step_indices
 from crpo_ray.scheduling import (ScalePolicy, chunk_bounds, default_chunk, plan_horizon, rollout_bundles,
@@ -273,7 +274,9 @@ class ExperienceFleet:
         metrics.update({f"staleness/{k}": v for k, v in hist.items()})
         metrics.update(staleness_max=max(hist), staleness_mean=sum(k * v for k, v in hist.items()) / table.num_rows,
                        dropped_stale_samples=st.dropped_stale, time_generate_sum=st.generate_s,
-                       time_score_sum=st.score_s, example_ids=table["example_id"].to_pylist()[::g])
+                       time_score_sum=st.score_s, example_ids=table["example_id"].to_pylist()[::g],
+                       samples=sample_records(table, self.cfg.stage_names, self.tokenizer, st.step,
+                                              self.cfg.logging.log_completions))
         metrics.update(self._pool_metrics())
         return table, metrics
 
@@ -337,10 +340,9 @@ class ExperienceFleet:
                 await asyncio.sleep(0.05)
         finally:
             self.evals_pending.pop(req, None)
-        out = pa.concat_tables(got).sort_by([("group_id", "ascending")])
-        res = evaluate_predictions(out["dataset"].to_pylist(), out["label"].to_pylist(),
-                                   out["completion"].to_pylist(), out["label_set"].to_pylist())
-        return res.as_dict()
+        out = pa.concat_tables(got).sort_by([("group_id", "ascending")]).select(
+            ["dataset", "label", "label_set", "completion", "finish_reason", "prompt_truncated"])
+        return evaluate_rows(out.to_pylist())
 
     async def close(self) -> None:
         if self.pool is not None:

@@ -74,10 +74,11 @@ def _truncate_log(path: Path, start: int) -> None:
 class _MetricsSink:
     def __init__(self, run_dir: Path, tensorboard: bool, start: int = 0):
         run_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.jsonl", "prompts.jsonl"):
+        for name in ("metrics.jsonl", "prompts.jsonl", "samples.jsonl"):
             _truncate_log(run_dir / name, start)
         self.metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self.prompts = open(run_dir / "prompts.jsonl", "a", encoding="utf-8")
+        self.samples = open(run_dir / "samples.jsonl", "a", encoding="utf-8")
         self.tb = None
         if tensorboard:
             try:
@@ -86,6 +87,11 @@ class _MetricsSink:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
                 self.tb = None
+
+    def write_samples(self, samples) -> None:
+        """A few completions of the step, with tokens, entropies and stage ids (for ``crpo-ray report``)."""
+        self.samples.writelines(json.dumps(s) + "\n" for s in samples or [])
+        self.samples.flush()
 
     def write(self, step: int, metrics: dict, example_ids) -> None:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
@@ -157,7 +163,9 @@ def train_loop_per_worker(config: dict) -> None:
         sync_m, state = publish(model, step + 1)
         dist.barrier()
         t3 = time.perf_counter()
-        metrics = {**{k: v for k, v in fleet_m.items() if k != "example_ids"}, **train_m, **sync_m,
+        if sink is not None:
+            sink.write_samples(fleet_m.get("samples"))
+        metrics = {**{k: v for k, v in fleet_m.items() if k not in ("example_ids", "samples")}, **train_m, **sync_m,
                    "time_wait_batch": t1 - t0, "time_train": t2 - t1, "time_sync": t3 - t2}
         done = step + 1
         eval_due = done == cfg.run.total_steps or (cfg.run.eval_every and done % cfg.run.eval_every == 0)

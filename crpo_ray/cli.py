@@ -40,7 +40,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", default=None, help="mental-r1 | imhi | all (default: the config's data.eval)")
     p.add_argument("--max-samples", type=int, default=0, help="per dataset; 0: all")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--out", default=None,
+                   help="write eval.json, eval.md, eval.png here (default: <run.output_dir>/eval-<model name>)")
     _add_config_args(p)
+    _add_report_parsers(sub)
     p = sub.add_parser("generate", help="print staged reasoning for a few posts")
     p.add_argument("--model", required=True)
     p.add_argument("--num", type=int, default=3, help="how many posts")
@@ -121,18 +124,26 @@ def _with_model(args):
 
 
 def _cmd_eval(args) -> int:
-    from crpo_ray.actors.driver import run_eval
+    from pathlib import Path
 
-    result = run_eval(_with_model(args), args.max_samples)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"model: {result['model']}")
-    print("| dataset | n | weighted F1 | accuracy | unparseable |")
-    print("|---|---|---|---|---|")
-    for d, s in result["datasets"].items():
-        print(f"| {d} | {s['n']} | {s['weighted_f1']:.4f} | {s['accuracy']:.4f} | {s['unparseable']} |")
-    print(f"| mean | | {result['mean_weighted_f1']:.4f} | | {result['unparseable']} |")
+    from crpo_ray.actors.driver import run_eval
+    from crpo_ray.evaluation import to_markdown
+    from crpo_ray.plots import eval_chart
+
+    if args.max_samples < 0:
+        raise ValueError(f"--max-samples {args.max_samples}: expected 0 (all) or a positive number")
+    cfg = _with_model(args)
+    result = run_eval(cfg, args.max_samples)
+    name = args.model.split(":")[-1].rstrip("/").split("/")[-1] or "model"
+    out = Path(args.out) if args.out else Path(cfg.run.output_dir) / f"eval-{name}"
+    out.mkdir(parents=True, exist_ok=True)
+    md = to_markdown(result)
+    for fname, data in (("eval.json", json.dumps(result, indent=2).encode()), ("eval.md", md.encode()),
+                        ("eval.png", eval_chart(result))):
+        (out / f".{fname}.tmp").write_bytes(data)
+        (out / f".{fname}.tmp").replace(out / fname)
+    print(json.dumps(result, indent=2) if args.json else md, end="" if not args.json else "\n")
+    print(f"[crpo-ray] wrote {out / 'eval.json'}, eval.md, eval.png", file=sys.stderr)
     return 0
 
 
@@ -165,6 +176,39 @@ def _cmd_generate(args) -> int:
 
 COMMANDS = {"train": _cmd_train, "check-config": _cmd_check_config, "data": _cmd_data,
             "build-tiny-model": _cmd_build_tiny, "eval": _cmd_eval, "generate": _cmd_generate}
+
+
+# ---------------------------------------------------------------- report and ablate (issue 5)
+
+
+def _add_report_parsers(sub) -> None:
+    p = sub.add_parser("report", help="one static HTML page for a run: curves, eval table, staged samples")
+    p.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    p.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html)")
+    p = sub.add_parser("ablate", help="GRPO (every stage beta 0) vs CRPO from the same seed and config")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="where ablation.{json,md,png} go (default: <output_dir>/<name>-ablation)")
+
+
+def _cmd_report(args) -> int:
+    from crpo_ray.report import build_report
+
+    print(build_report(args.run_dir, args.out))
+    return 0
+
+
+def _cmd_ablate(args) -> int:
+    from crpo_ray.actors.ablate import run_ablation
+
+    summary = run_ablation(args.config, args.overrides, args.out)
+    from crpo_ray.ablation import to_markdown
+
+    print(to_markdown(summary), end="")
+    print(f"[crpo-ray] wrote {summary['out_dir']}/ablation.json, ablation.md, ablation.png")
+    return 0
+
+
+COMMANDS.update({"report": _cmd_report, "ablate": _cmd_ablate})
 
 
 def main(argv: Optional[List[str]] = None) -> int:

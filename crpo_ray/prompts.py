@@ -53,7 +53,13 @@ class RenderedPrompt:
     post_tokens_kept: int
 
 
+#: Prompt format for a tokenizer without a chat template (e.g. a base model never tuned for chat).
+PLAIN_FORMAT = "{system}\n\n### Post\n{user}\n\n### Response\n"
+
+
 def _render(tokenizer, system_prompt: str, user: str, prefill: str) -> str:
+    if getattr(tokenizer, "chat_template", None) is None:
+        return PLAIN_FORMAT.format(system=system_prompt, user=user) + prefill
     messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return rendered + prefill

@@ -64,11 +64,12 @@ def test_generate_prints_stages(tiny_model_dir):
     assert r.stdout.count("=== mental_r1:") == 2 and r.stdout.count("[mental_state]") == 2
 
 
-def test_eval_json(tiny_model_dir):
+def test_eval_json(tiny_model_dir, tmp_path):
     r = run("eval", "--model", str(tiny_model_dir), "--datasets", "mental-r1", "--max-samples", "1", "--json",
-            "--config", "configs/tiny-cpu.yaml", "rollout.max_new_tokens=8")
+            "--config", "configs/tiny-cpu.yaml", "rollout.max_new_tokens=8", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout[r.stdout.index("{"):])
     assert sorted(result["datasets"]) == ["DATD", "DepSeverity", "Dreaddit", "FIG", "LID", "LT-EDI", "RSD", "SDCNL"]
     # a random model never closes an <answer> in 8 tokens: every answer is unparseable, counted as wrong
     assert result["unparseable"] == 8 and result["mean_weighted_f1"] == 0.0
+    assert json.loads((tmp_path / "eval.json").read_text()) == result
