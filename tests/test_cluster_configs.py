@@ -155,13 +155,13 @@ def _config_resources():
 
 
 def _code_resources():
-    """Custom resources the code asks for: `_custom("name")` and `resources={"name": ...}`."""
+    """Custom resources the cluster run configs make the actors ask for (cluster.*_resources)."""
+    from crpo_ray.config import load_config
+
     names = set()
-    for path in (REPO / "actors").glob("*.py"):
-        text = path.read_text()
-        names |= set(re.findall(r"_custom\(\s*[\"'](\w+)[\"']", text))
-        for block in re.findall(r"resources\s*=\s*(\{[^}]*\})", text):
-            names |= set(re.findall(r"[\"'](\w+)[\"']\s*:", block)) - STANDARD
+    for path in sorted((REPO / "configs").glob("qwen3-*.yaml")):
+        c = load_config(path).cluster
+        names |= set(c.rollout_resources) | set(c.learner_resources) | set(c.scorer_resources)
     return names
 
 
@@ -172,7 +172,7 @@ def test_custom_resources_match_the_code():
         assert set().union(*(v for (f, _), v in per_type.items() if f == name)) == ROLES, name
     assert all(len(v) <= 1 for v in per_type.values()), per_type
     requested = _code_resources()
-    assert "rollout" in requested  # the fleet places rollout workers on rollout nodes
+    assert requested == ROLES  # each role's actors are placed on that role's node type
     assert requested <= ROLES, f"the code asks for resources no cluster config defines: {requested - ROLES}"
     fake = set(_load("fake-multinode.yaml")["available_node_types"]["rollout"]["resources"]) - STANDARD
     assert fake == {"rollout"}
