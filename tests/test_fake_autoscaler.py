@@ -91,6 +91,7 @@ def test_training_scales_rollout_nodes_up_and_down(tiny_model_dir, tmp_path):
                 f"run.total_steps={steps}", "rollout.num_workers=1", "rollout.min_workers=0",
                 "rollout.max_workers=2", "rollout.chunk_groups=1", "rollout.scale_up_after_s=1",
                 "rollout.scale_down_idle_s=2", "rollout.max_new_tokens=64", "cluster.rollout_resources.rollout=1",
+                "learner.micro_batch_size=1",  # a longer learner phase: idle rollout workers retire in it
                 "checkpoint.every=2", "logging.tensorboard=false"]
         log = tmp_path / "train.log"
         proc = subprocess.Popen([cli, "train", "--config", "configs/tiny-cpu.yaml", *args], env=fc.env,
