@@ -88,7 +88,7 @@ class ExperienceFleet:
 
     def _produce(self, step: int):
         cfg = self.cfg
-        t0 = time.perf_counter()
+        t0, ts0 = time.perf_counter(), time.time()
         rows = step_indices(step, cfg.rollout.prompts_per_step, self.train.num_rows, cfg.data.shuffle_seed)
         prompts = self._prompts(self.train, rows, "train")
         t1 = time.perf_counter()
@@ -98,7 +98,9 @@ class ExperienceFleet:
         scored_refs = [self.scorers[i % len(self.scorers)].score.remote(ref) for i, ref in enumerate(gen_refs)]
         table = pa.concat_tables(ray.get(scored_refs))
         t3 = time.perf_counter()
-        return table, _batch_metrics(table, cfg.stage_names, prompts, t1 - t0, t2 - t1, t3 - t2)
+        metrics = _batch_metrics(table, cfg.stage_names, prompts, t1 - t0, t2 - t1, t3 - t2)
+        metrics["ts_produce_start"] = ts0  # wall clock, for timelines
+        return table, metrics
 
     def shard(self, step: int, rank: int, world: int):
         """This rank's contiguous share (whole groups) of the step's scored batch, and the step's metrics."""
