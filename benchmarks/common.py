@@ -149,7 +149,8 @@ def init_ray(num_cpus: int) -> None:
     if ray.is_initialized():
         return
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}}
-    ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, include_dashboard=False, namespace="crpo-bench",
+    # address="local": never join another cluster found via /tmp/ray/ray_current_cluster
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, include_dashboard=False, namespace="crpo-bench",
              runtime_env=env, log_to_driver=False, configure_logging=False)
 
 
