@@ -90,8 +90,9 @@ def markdown(res: dict) -> str:
                       f"{_f(t['trl']['completion_len'], '{:.1f}')}); crpo-ray step {t['crpo_sync']['step_s']:.2f} s "
                       f"(completion length {_f(t['crpo_sync']['completion_len'], '{:.1f}')}).", "",
                   "Settings that could not be matched:", ""] + [f"- {u}" for u in t["unmatched"]]
-    if res.get("closing_note"):
-        lines += ["", "### Closing note", "", res["closing_note"]]
+    from benchmarks.run import closing_note  # recomputed: a pure function of the results
+
+    lines += ["", "### Closing note", "", closing_note(res)]
     if res.get("plots"):
         lines += [""] + [f"![{Path(p).stem}]({Path(p).name})" for p in res["plots"]]
     return "\n".join(lines) + "\n"
@@ -101,6 +102,7 @@ def update_readme(results_dir: Path, readme: Path) -> None:
     parts = []
     for f in sorted(results_dir.glob("*.json")):
         res = json.loads(f.read_text())
+        f.with_suffix(".md").write_text(markdown(res))
         if res.get("suite") != "full":
             continue
         md = markdown(res).replace("](", f"](results/")

@@ -51,7 +51,8 @@ def closing_note(res: dict) -> str:
         why.append("Weight sync: small models are bound by fixed per-call latency (Ray RPC and object creation, "
                    "milliseconds), not bytes. For large models the sync makes two copies before any worker reads "
                    "(pack into one buffer, then ray.put copies it into the object store) where the floor counts one, "
-                   f"and worker loads run below memcpy bandwidth on a loaded 2-core machine ({parts}). Closing it: "
+                   f"and worker loads run below memcpy bandwidth on a loaded 2-core machine" + (f" ({parts})" if parts else "")
+                   + ". Closing it: "
                    "serialize the packed buffer straight into the object store (one copy), and load in place on "
                    "the rollout side.")
     for r in res.get("overhead", {}).get("rows", []):
@@ -73,7 +74,7 @@ def closing_note(res: dict) -> str:
                    "loading on the meta device and materializing only the local shard would close it.")
     if res.get("trl", {}).get("skipped"):
         why.append(f"TRL comparison not run: {res['trl']['skipped']}.")
-    return "\n".join(lines + ([""] + why if why else []))
+    return "\n".join(lines + ([""] + ["- " + w for w in why] if why else []))
 
 
 def main(argv=None) -> int:
