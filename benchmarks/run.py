@@ -64,9 +64,14 @@ def closing_note(res: dict) -> str:
                        f"{p['time_sync']:.2f} s, score {p['time_score']:.2f} s, overhead {p['time_overhead']:.2f} s.")
     t = res.get("trl", {})
     if t and "skipped" not in t and t["verdict_sync"] == "MISS":
-        why.append("vs TRL: on this CPU both are compute-bound in generate and train; in sync mode crpo-ray can "
-                   "only win by the time TRL spends away from compute, which on a model this small is little. "
-                   "The 3x target needs async mode (generation overlapping training) and more cores per actor.")
+        tp, cp = t["trl"]["phases_s"], t["crpo_sync"]["phases_s"]
+        why.append(f"vs TRL: both are compute-bound here (TRL generate {tp['generate']:.2f} s, rest of its step "
+                   f"{t['trl']['step_s'] - tp['generate']:.2f} s; crpo-ray generate {cp['time_generate']:.2f} s, train "
+                   f"{cp['time_train']:.2f} s, overhead {cp['time_overhead']:.2f} s). TRL runs each phase on all "
+                   f"{t['trl']['threads']} threads; crpo-ray's sync mode gives each actor cores // actors threads and "
+                   "leaves the other actor's cores idle while one phase runs, so on a 2-core machine it is slower. "
+                   "Closing it: async mode (generate step n+1 while training step n) and more cores per actor; the "
+                   "3x target assumes TRL far from its compute floor, which it is not for a model this small on CPU.")
     m = res.get("memory", {})
     if m and "ratio" in m and m["verdict"] == "MISS":
         why.append("Learner memory: every rank loads the full model before fully_shard, and the process baseline "
