@@ -54,6 +54,7 @@ class _Step:
     done_groups: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     prepare_s: float = 0.0
+    ts_start: float = 0.0  # wall clock when the step was queued, for timelines
     t_first: Optional[float] = None  # first chunk handed to a worker
     t_generated: float = 0.0  # last chunk generated
     t_scored: float = 0.0  # last chunk scored
@@ -168,7 +169,7 @@ class ExperienceFleet:
         t = time.perf_counter()
         rows = step_indices(step, cfg.rollout.prompts_per_step, self.train.num_rows, cfg.data.shuffle_seed)
         prompts = self._prompts(self.train, rows, "train")
-        st = _Step(step, self.epoch, prompts.num_rows, prepare_s=time.perf_counter() - t)
+        st = _Step(step, self.epoch, prompts.num_rows, prepare_s=time.perf_counter() - t, ts_start=time.time())
         self.steps[step] = st
         items = [WorkItem(("train", step, i), step, part, cfg.rollout.group_size, False, self.epoch)
                  for i, part in enumerate(self._chunks(prompts))]
@@ -274,7 +275,7 @@ class ExperienceFleet:
         metrics.update({f"staleness/{k}": v for k, v in hist.items()})
         metrics.update(staleness_max=max(hist), staleness_mean=sum(k * v for k, v in hist.items()) / table.num_rows,
                        dropped_stale_samples=st.dropped_stale, time_generate_sum=st.generate_s,
-                       time_score_sum=st.score_s, example_ids=table["example_id"].to_pylist()[::g],
+                       time_score_sum=st.score_s, ts_produce_start=st.ts_start, example_ids=table["example_id"].to_pylist()[::g],
                        samples=sample_records(table, self.cfg.stage_names, self.tokenizer, st.step,
                                               self.cfg.logging.log_completions))
         metrics.update(self._pool_metrics())

@@ -31,6 +31,7 @@ class _Publisher:
 
     def __init__(self, fleet, rank: int, wait: bool = True):
         self.fleet, self.rank, self.wait = fleet, rank, wait
+        self._packed = None  # the last packed weights, overwritten in place (already copied by ray.put)
 
     def __call__(self, model, version: int):
         """Returns (metrics, the full state dict published: rank 0 only, {} elsewhere)."""
@@ -39,7 +40,7 @@ class _Publisher:
         if self.rank != 0:
             return {}, state
         t1 = time.perf_counter()
-        packed = pack_state_dict(state, version)
+        packed = self._packed = pack_state_dict(state, version, reuse=self._packed)
         ref = ray.put(packed)
         t2 = time.perf_counter()
         report = ray.get(self.fleet.sync_weights.remote([ref], version, self.wait))
@@ -153,7 +154,7 @@ def train_loop_per_worker(config: dict) -> None:
     publish(model, start)  # rollout workers start from the learner's weights
     dist.barrier()
     for step in range(start, cfg.run.total_steps):
-        t0 = time.perf_counter()
+        t0, ts0 = time.perf_counter(), time.time()
         shard, fleet_m = ray.get(fleet.shard.remote(step, rank, world))
         schemas.validate(shard, schemas.SCORED, f"learner rank {rank} input")
         t1 = time.perf_counter()
@@ -166,7 +167,8 @@ def train_loop_per_worker(config: dict) -> None:
         if sink is not None:
             sink.write_samples(fleet_m.get("samples"))
         metrics = {**{k: v for k, v in fleet_m.items() if k not in ("example_ids", "samples")}, **train_m, **sync_m,
-                   "time_wait_batch": t1 - t0, "time_train": t2 - t1, "time_sync": t3 - t2}
+                   "time_wait_batch": t1 - t0, "time_train": t2 - t1, "time_sync": t3 - t2,
+                   "ts_step_start": ts0}  # wall clock, for timelines
         done = step + 1
         eval_due = done == cfg.run.total_steps or (cfg.run.eval_every and done % cfg.run.eval_every == 0)
         if rank == 0 and eval_due:

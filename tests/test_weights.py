@@ -48,3 +48,18 @@ def test_load_into_rejects_mismatch(tiny_model_dir):
     state.pop(name)
     with pytest.raises(KeyError, match=name):
         load_into(dst, pack_state_dict(state, 1))
+
+
+def test_pack_reuse_overwrites_buffers_in_place():
+    a = {"w": torch.arange(6, dtype=torch.float32).view(2, 3), "b": torch.ones(2, dtype=torch.bfloat16)}
+    first = pack_state_dict(a, 1)
+    b = {"w": -torch.arange(6, dtype=torch.float32).view(2, 3), "b": torch.zeros(2, dtype=torch.bfloat16)}
+    second = pack_state_dict(b, 2, reuse=first)
+    assert second.version == 2
+    assert second.buffers["float32"] is not None
+    assert second.buffers["float32"].ctypes.data == first.buffers["float32"].ctypes.data  # no new allocation
+    views = unpack_views(second)
+    assert torch.equal(views["w"], b["w"]) and torch.equal(views["b"], b["b"])
+    other = pack_state_dict({"w": torch.ones(3, 2)}, 3, reuse=second)  # another layout: fresh buffers
+    assert other.buffers["float32"].ctypes.data != second.buffers["float32"].ctypes.data
+    assert torch.equal(unpack_views(second)["w"], b["w"])

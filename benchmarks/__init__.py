@@ -1,0 +1,1 @@
+"""crpo-ray benchmarks: every figure is a ratio measured in one run (see README.md)."""

@@ -1,0 +1,92 @@
+"""(1) Weight sync against its floor.
+
+One sync is what the learner's publisher does each step: pack the full state dict into
+one buffer per dtype, one ``ray.put``, every rollout worker (the real ``RolloutActor``
+with its HF engine) loads it. The floor is one write of the packed bytes plus one read
+per rollout worker at the memcpy bandwidth measured in this process just before.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Dict, List
+
+from benchmarks.common import REPO, available_gib, count_params, median, memcpy_gbps, model_dir, verdict
+
+TARGET = 2.0
+
+
+def _state_dict(path) -> Dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    del model
+    return state
+
+
+def _one(path, n_workers: int, repeats: int, cfg) -> dict:
+    import ray
+
+    from crpo_ray.actors.rollout import RolloutActor
+    from crpo_ray.weights import pack_state_dict
+
+    state = _state_dict(path)
+    workers = [RolloutActor.options(num_cpus=0).remote(f"rollout-{i}", str(path), cfg.model, cfg.rollout, 1, i)
+               for i in range(n_workers)]
+    try:
+        ray.get([w.get_version.remote() for w in workers])
+        nbytes = pack_state_dict(state, 0).nbytes
+        gbps = memcpy_gbps(nbytes)
+        rows: List[dict] = []
+        packed = None
+        for v in range(1, repeats + 2):  # the first sync is a warm-up
+            t0 = time.perf_counter()
+            packed = pack_state_dict(state, v, reuse=packed)
+            t1 = time.perf_counter()
+            ref = ray.put(packed)
+            t2 = time.perf_counter()
+            reports = ray.get([w.load_weights.remote(ref, v) for w in workers])
+            t3 = time.perf_counter()
+            assert all(r["version"] == v for r in reports)
+            del ref
+            rows.append({"pack_s": t1 - t0, "put_s": t2 - t1, "load_s": t3 - t2, "total_s": t3 - t0,
+                         "worker_load_s": max(r["seconds"] for r in reports)})
+        rows = rows[1:]
+    finally:
+        for w in workers:
+            ray.kill(w)
+    floor = nbytes * (1 + n_workers) / (gbps * 1e9)
+    sync = median([r["total_s"] for r in rows])
+    return {"bytes": nbytes, "workers": n_workers, "memcpy_gbps": gbps, "floor_s": floor, "sync_s": sync,
+            "pack_s": median([r["pack_s"] for r in rows]), "put_s": median([r["put_s"] for r in rows]),
+            "load_s": median([r["load_s"] for r in rows]),
+            "worker_load_s": median([r["worker_load_s"] for r in rows]),
+            "ratio": sync / floor, "target": TARGET, "verdict": verdict(sync / floor, TARGET), "repeats": len(rows)}
+
+
+def run(sizes: List[str], workers: List[int], repeats: int) -> dict:
+    from crpo_ray.config import load_config
+
+    cfg = load_config(REPO / "configs" / "tiny-cpu.yaml")
+    out = []
+    for size in sizes:
+        path = model_dir(size)
+        params = count_params(path)
+        for n in workers:
+            need = params * 4 * (3 + n) / 2**30 * 1.2  # state + packed + object store + n engines
+            if available_gib() < need:
+                out.append({"model": size, "params": params, "workers": n,
+                            "skipped": f"needs ~{need:.1f} GiB free, {available_gib():.1f} GiB available"})
+                continue
+            res = _one(path, n, repeats, cfg)
+            out.append({"model": size, "params": params, **res})
+            print(f"[bench] weight_sync {size} ({params / 1e6:.1f}M) x{n}: {res['sync_s'] * 1e3:.1f} ms, "
+                  f"floor {res['floor_s'] * 1e3:.1f} ms, ratio {res['ratio']:.2f}", flush=True)
+            gc.collect()
+    return {"target": f"sync time <= {TARGET}x floor (one write + one read per worker at memcpy bandwidth)",
+            "path": "pack_state_dict -> one ray.put -> RolloutActor.load_weights on every worker (driver calls "
+                    "the workers directly; the train loop goes through FleetActor.sync_weights, one more RPC hop)",
+            "rows": out}
