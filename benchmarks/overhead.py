@@ -92,8 +92,8 @@ def bare_floor(cfg, threads: int, repeats: int = 2) -> dict:
     torch.set_num_threads(threads)
     try:
         path = str(model_dir_of(cfg))
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False)
         prompts = step_prompts(cfg, 1)
         g, pad = cfg.rollout.group_size, tok.pad_token_id
         rows = [p for p in prompts for _ in range(g)]

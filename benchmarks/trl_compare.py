@@ -66,9 +66,9 @@ def trl_worker(spec: dict) -> dict:
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.t)
 
-    tok = AutoTokenizer.from_pretrained(spec["model"])
+    tok = AutoTokenizer.from_pretrained(spec["model"], trust_remote_code=False)
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32, trust_remote_code=False)
     data = Dataset.from_dict({"prompt": spec["prompts"], "label": spec["labels"]})
     n = spec["prompts_per_step"] * spec["group_size"]
     args = GRPOConfig(
@@ -118,7 +118,7 @@ def run(crpo_row: dict, cfg, work: Path, threads: int) -> dict:
         return {"skipped": "trl is not installed (pip install -e '.[bench]')"}
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(cfg.model.path)
+    tok = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     steps = crpo_row["crpo"]["steps"]
     prompts, labels = [], []
     from crpo_ray.actors.driver import check_inputs

@@ -21,7 +21,7 @@ def _state_dict(path) -> Dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     del model
     return state
