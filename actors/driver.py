@@ -101,7 +101,6 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 def run_training(cfg: Config, resume: bool = False) -> dict:
     """Train; returns the final metrics. Raises ConfigError/DataError/FileNotFoundError on bad input."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
-    prefer_loopback(cfg.cluster.address or os.environ.get("RAY_ADDRESS", ""))
     model_dir, tok, train, evals, reports = check_inputs(cfg)
     run_dir = Path(cfg.checkpoint.storage_path or cfg.run.output_dir).expanduser().resolve() / cfg.run.name
     resume_from = latest_checkpoint(run_dir) if (resume or cfg.checkpoint.resume) else None
@@ -110,15 +109,15 @@ def run_training(cfg: Config, resume: bool = False) -> dict:
     if resume_from is None and (run_dir / "metrics.jsonl").exists():
         raise ConfigError(f"run.name '{cfg.run.name}': {run_dir} already holds a run; use --resume or another name")
 
-    import ray
+    learners, rollouts = cfg.learner.num_workers, cfg.rollout.num_workers
+    threads = max(1, (os.cpu_count() or 1) // (learners + rollouts))
+    init_ray(cfg, learners + rollouts + 2)  # first: it decides how Ray is imported (loopback)
+
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from crpo_ray.actors.train_loop import train_loop_per_worker
 
-    learners, rollouts = cfg.learner.num_workers, cfg.rollout.num_workers
-    threads = max(1, (os.cpu_count() or 1) // (learners + rollouts))
-    init_ray(cfg, learners + rollouts + 2)
     fleet = _start_fleet(cfg, str(model_dir), train, evals, threads)
     backend = cfg.learner.backend if cfg.learner.backend != "auto" else ("nccl" if cfg.learner.use_gpu else "gloo")
     trainer = TorchTrainer(
@@ -199,19 +198,18 @@ def eval_sources(preset: str):
 
 def run_eval(cfg: Config, max_samples: int) -> dict:
     """Greedy answers from the rollout workers on the eval split; weighted F1 per dataset."""
-    import ray
-
     from crpo_ray.data import load_sources
     from crpo_ray.tiny import resolve_model_path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    prefer_loopback(cfg.cluster.address or os.environ.get("RAY_ADDRESS", ""))
     require_engine(cfg)
     evals, report = load_sources(cfg.data.eval, strict=cfg.data.strict, fix_text=cfg.data.fix_mojibake)
     if evals.num_rows == 0:
         raise ConfigError("no evaluation examples (data.eval or --datasets)")
     model_dir = resolve_model_path(cfg.model.path, cfg.model.tiny_cache_dir, cfg.model.tiny_seed)
-    init_ray(cfg, cfg.rollout.num_workers + 1)
+    init_ray(cfg, cfg.rollout.num_workers + 1)  # first: it decides how Ray is imported (loopback)
+    import ray
+
     fleet = _start_fleet(cfg, str(model_dir), evals, evals, 1)
     try:
         result = ray.get(fleet.evaluate.remote(max_samples))

@@ -187,7 +187,8 @@ class ExperienceFleet:
             return  # made for a timeline that a learner restart abandoned
         now = time.perf_counter()
         st.t_generated = max(st.t_generated, now)
-        st.t_first = min(st.t_first or now - seconds, now - seconds)
+        started = now - seconds
+        st.t_first = started if st.t_first is None else min(st.t_first, started)
         st.generate_s += seconds
         asyncio.get_running_loop().create_task(self._score(st, item, ref))
 
@@ -201,8 +202,7 @@ class ExperienceFleet:
                 break
             except RayActorError as exc:
                 self.pool.stats["scorer_restarts"] += 1
-                self.pool.events.append(f"scorer {i} lost ({type(exc).__name__}); replaced, {item.key} scored again")
-                print(f"[crpo-ray] fleet: {self.pool.events[-1]}", flush=True)
+                self.pool.event(f"scorer {i} lost ({type(exc).__name__}); replaced, {item.key} scored again")
                 self.scorers[i] = self._new_scorer()
             except Exception as exc:  # noqa: BLE001 - a scorer raised on this input: not retryable
                 self.pool._fail(PoolError(f"scorer: {type(exc).__name__}: {exc}"))
@@ -334,13 +334,13 @@ class ExperienceFleet:
         self.evals_pending[req] = got
         await pool.submit([WorkItem(("eval", req, i), -1, p, 1, True, self.epoch) for i, p in enumerate(parts)],
                           front=True)
-        try:
-            while len(got) < len(parts):
-                if pool.fatal is not None:
-                    raise pool.fatal
-                await asyncio.sleep(0.05)
+        try:  # each worker notifies the pool's condition after every chunk it returns
+            async with pool.cond:
+                await pool.cond.wait_for(lambda: len(got) >= len(parts) or pool.fatal is not None)
         finally:
             self.evals_pending.pop(req, None)
+        if pool.fatal is not None:
+            raise pool.fatal
         out = pa.concat_tables(got).sort_by([("group_id", "ascending")]).select(
             ["dataset", "label", "label_set", "completion", "finish_reason", "prompt_truncated"])
         return evaluate_rows(out.to_pylist())

@@ -75,6 +75,7 @@ class RolloutPool:
         self.events: List[str] = []
         self._next_id = 0
         self._start_failures = 0
+        self._requested = -1  # workers last asked of the autoscaler
         self._monitor: Optional[asyncio.Task] = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -84,7 +85,6 @@ class RolloutPool:
         self.cond = asyncio.Condition()
         for _ in range(workers):
             self._add().initial = True
-        self._requested = -1
         self._request_size()
         self._monitor = asyncio.get_running_loop().create_task(self._watch())
 
@@ -111,6 +111,11 @@ class RolloutPool:
     async def _notify(self) -> None:
         async with self.cond:
             self.cond.notify_all()
+
+    def event(self, message: str) -> None:
+        """A scaling or failure decision: printed, and kept for the step's ``fleet_events``."""
+        self.events.append(message)
+        self.log(f"fleet: {message}")
 
     def _fail(self, exc: BaseException) -> None:
         if self.fatal is None:
@@ -243,7 +248,7 @@ class RolloutPool:
             self._fail(PoolError(f"chunk {item.key} lost its rollout worker {item.attempts} times; giving up"))
             return
         self.stats["redispatched_groups"] += item.groups
-        self.events.append(f"{wid} lost mid-generation: {item.groups} prompt groups of {item.key} re-dispatched")
+        self.event(f"{wid} lost mid-generation: {item.groups} prompt groups of {item.key} re-dispatched")
         await self.submit([item], front=True)
 
     async def _lost(self, slot: _Slot, exc: BaseException) -> None:
@@ -254,8 +259,7 @@ class RolloutPool:
             if self._start_failures >= self.max_attempts:
                 self._fail(PoolError(f"rollout workers fail to start ({type(exc).__name__}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else ''})"))
-        self.events.append(f"{slot.id} lost ({type(exc).__name__}); pool {len(self.live())}")
-        self.log(f"fleet: {self.events[-1]}")
+        self.event(f"{slot.id} lost ({type(exc).__name__}); pool {len(self.live())}")
         await self._notify()
 
     # ------------------------------------------------------------------ elastic size
@@ -273,16 +277,14 @@ class RolloutPool:
         for _ in range(decision.add):
             slot = self._add()
             self.stats["scale_up"] += 1
-            self.events.append(f"+{slot.id} ({decision.reason}); pool {len(self.live())}")
-            self.log(f"fleet: {self.events[-1]}")
+            self.event(f"+{slot.id} ({decision.reason}); pool {len(self.live())}")
         for wid in decision.retire:
             slot = self.slots.get(wid)
             if slot is None or slot.busy:
                 continue
             slot.retiring = True
             self.stats["scale_down"] += 1
-            self.events.append(f"-{wid} ({decision.reason}); pool {len(self.live())}")
-            self.log(f"fleet: {self.events[-1]}")
+            self.event(f"-{wid} ({decision.reason}); pool {len(self.live())}")
         if decision.add or decision.retire:
             self._request_size()
             asyncio.get_running_loop().create_task(self._notify())

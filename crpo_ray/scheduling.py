@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 
 def chunk_bounds(num_groups: int, chunk: int) -> List[Tuple[int, int]]:
@@ -109,11 +109,3 @@ def rollout_bundles(count: int, cpus: float, gpus: float, custom: Dict[str, floa
     if gpus:
         bundle["GPU"] = float(gpus)
     return [dict(bundle) for _ in range(count)]
-
-
-def dedupe_latest(rows: Sequence[dict], key: str = "step") -> List[dict]:
-    """Per-step rows of a log that a restarted run appended to: the last row of each step, in order."""
-    last: Dict[int, dict] = {}
-    for r in rows:
-        last[r[key]] = r
-    return [last[k] for k in sorted(last)]

@@ -3,7 +3,7 @@
 import pytest
 
 from crpo_ray.config import ConfigError, load_config, pool_bounds
-from crpo_ray.scheduling import (ScaleController, ScalePolicy, chunk_bounds, dedupe_latest, default_chunk,
+from crpo_ray.scheduling import (ScaleController, ScalePolicy, chunk_bounds, default_chunk,
                                  plan_horizon, rollout_bundles, staleness_histogram, staleness_ok)
 
 
@@ -59,11 +59,9 @@ def test_pool_from_zero_and_back_to_min():
     assert c_min.observe(0.0, 0, 1, {}).add == 1  # a lost worker is replaced
 
 
-def test_bundles_and_restart_dedupe():
+def test_bundles():
     assert rollout_bundles(2, 1, 0, {"rollout": 1}) == [{"CPU": 1.0, "rollout": 1.0}] * 2
     assert rollout_bundles(1, 1, 1, {})[0]["GPU"] == 1.0
-    rows = [{"step": 0, "v": "a"}, {"step": 1, "v": "b"}, {"step": 1, "v": "c"}, {"step": 2, "v": "d"}]
-    assert [r["v"] for r in dedupe_latest(rows)] == ["a", "c", "d"]
 
 
 def test_pool_and_placement_config_checked():
