@@ -10,9 +10,10 @@ import importlib.util
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from crpo_ray.config import Config, ConfigError
+from crpo_ray.scheduling import torch_threads
 
 
 def require_engine(cfg: Config) -> None:
@@ -88,6 +89,13 @@ def init_ray(cfg: Config, num_cpus_needed: int) -> None:
              namespace=cfg.cluster.namespace, runtime_env=env, log_to_driver=True)
 
 
+def actor_threads(cfg: Config) -> Tuple[int, int]:
+    """Torch threads (per learner worker, per rollout worker): the config's, else automatic."""
+    pool = max(cfg.rollout.num_workers, cfg.rollout.max_workers or 0)
+    auto = torch_threads(os.cpu_count() or 1, cfg.learner.num_workers, pool, cfg.cluster.mode)
+    return cfg.learner.torch_threads or auto[0], cfg.rollout.torch_threads or auto[1]
+
+
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     """The newest checkpoint that verifies; newer damaged ones are reported and skipped."""
     from crpo_ray.actors.checkpoint import latest_valid_checkpoint
@@ -110,7 +118,7 @@ def run_training(cfg: Config, resume: bool = False) -> dict:
         raise ConfigError(f"run.name '{cfg.run.name}': {run_dir} already holds a run; use --resume or another name")
 
     learners, rollouts = cfg.learner.num_workers, cfg.rollout.num_workers
-    threads = max(1, (os.cpu_count() or 1) // (learners + rollouts))
+    learner_threads, threads = actor_threads(cfg)
     init_ray(cfg, learners + rollouts + 2)  # first: it decides how Ray is imported (loopback)
 
     import ray.train
@@ -124,7 +132,7 @@ def run_training(cfg: Config, resume: bool = False) -> dict:
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "fleet": fleet, "model_dir": str(model_dir), "run_dir": str(run_dir),
                            "pad_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                           "threads": threads, "resume_from": str(resume_from) if resume_from else None},
+                           "threads": learner_threads, "resume_from": str(resume_from) if resume_from else None},
         scaling_config=ray.train.ScalingConfig(
             num_workers=learners, use_gpu=cfg.learner.use_gpu, placement_strategy=cfg.cluster.learner_placement.upper(),
             resources_per_worker={"CPU": 1, **cfg.cluster.learner_resources}),
@@ -210,7 +218,8 @@ def run_eval(cfg: Config, max_samples: int) -> dict:
     init_ray(cfg, cfg.rollout.num_workers + 1)  # first: it decides how Ray is imported (loopback)
     import ray
 
-    fleet = _start_fleet(cfg, str(model_dir), evals, evals, 1)
+    threads = cfg.rollout.torch_threads or torch_threads(os.cpu_count() or 1, 1, cfg.rollout.num_workers, "sync")[1]
+    fleet = _start_fleet(cfg, str(model_dir), evals, evals, threads)  # nothing else runs: every core
     try:
         result = ray.get(fleet.evaluate.remote(max_samples))
     except ray.exceptions.RayTaskError as exc:  # bad input found in the actor (e.g. the prompt budget): one line

@@ -35,6 +35,9 @@ class LossParams:
     temperature: float
     max_completion_length: int
     recompute_old_logprobs: bool = True
+    # None: samples are on-policy (sync). "decoupled" | "behavior_ratio": stale samples (async).
+    off_policy: Optional[str] = None
+    is_cap: float = 2.0
 
 
 def _decoder_layers(model) -> List[torch.nn.Module]:
@@ -86,6 +89,19 @@ def _move(mb: TrainBatch, device) -> TrainBatch:
     return TrainBatch(*(getattr(mb, f).to(device) for f in TrainBatch.__dataclass_fields__))
 
 
+def _old_and_behavior(lp, mb: TrainBatch, params: LossParams):
+    """The log-probs the ratio is clipped against, and the behavior ones for the IS weight (or None).
+
+    One update per batch, so the proximal policy of decoupled PPO is the learner's weights
+    before this update: ``lp`` detached.
+    """
+    if params.off_policy == "decoupled":
+        return lp.detach(), mb.behavior_logprobs
+    if params.off_policy == "behavior_ratio" or not params.recompute_old_logprobs:
+        return mb.behavior_logprobs, None
+    return lp.detach(), None
+
+
 def train_step(model, ref_model, optimizer, scheduler, batch: TrainBatch, params: LossParams, *,
                micro_batch_size: int, grad_clip: float, device="cpu") -> Dict[str, float]:
     """One CRPO update over this rank's part of the batch; collective across ranks."""
@@ -99,7 +115,7 @@ def train_step(model, ref_model, optimizer, scheduler, batch: TrainBatch, params
     for mb in mbs:
         mb = _move(mb, device)
         lp, ent = _forward_logprobs(model, mb, params.temperature)
-        old = lp.detach() if params.recompute_old_logprobs else mb.behavior_logprobs
+        old, behavior = _old_and_behavior(lp, mb, params)
         ref = None
         if ref_model is not None and params.kl_beta != 0.0:
             with torch.no_grad():
@@ -107,7 +123,8 @@ def train_step(model, ref_model, optimizer, scheduler, batch: TrainBatch, params
         loss, m = crpo_loss(lp, old, ref, ent, mb.advantages, mb.stage_ids, mb.mask,
                             stage_betas=params.stage_betas, clip_low=params.clip_low, clip_high=params.clip_high,
                             kl_beta=params.kl_beta, aggregation=params.aggregation, num_tokens=n_tok,
-                            num_sequences=n_seq, max_completion_length=params.max_completion_length)
+                            num_sequences=n_seq, max_completion_length=params.max_completion_length,
+                            behavior_logprobs=behavior, is_cap=params.is_cap)
         (loss * world).backward()
         tokens = mb.mask.sum().item()
         diff = ((lp.detach() - mb.behavior_logprobs).abs() * mb.mask).sum().item()

@@ -20,18 +20,21 @@ import torch.distributed as dist
 from crpo_ray import schemas
 from crpo_ray.algo import stage_betas_from_config
 from crpo_ray.batching import batch_from_table
-from crpo_ray.weights import pack_state_dict
+from crpo_ray.weights import share_state_dict
 from crpo_ray.actors import checkpoint as ckpt_io
 from crpo_ray.actors.learner import (LossParams, full_optimizer_state, full_state_dict, load_optimizer_state,
                                      load_policy, lr_lambda, train_step)
 
 
 class _Publisher:
-    """Rank 0: gather the full state dict, pack it, one ray.put, every rollout worker loads it."""
+    """Rank 0: gather the full state dict, one ray.put of its tensors, every rollout worker loads it.
+
+    The tensors are wrapped, not packed (:func:`share_state_dict`), so the put is the
+    only copy between the gathered state dict and the object store.
+    """
 
     def __init__(self, fleet, rank: int, wait: bool = True):
         self.fleet, self.rank, self.wait = fleet, rank, wait
-        self._packed = None  # the last packed weights, overwritten in place (already copied by ray.put)
 
     def __call__(self, model, version: int):
         """Returns (metrics, the full state dict published: rank 0 only, {} elsewhere)."""
@@ -40,7 +43,7 @@ class _Publisher:
         if self.rank != 0:
             return {}, state
         t1 = time.perf_counter()
-        packed = self._packed = pack_state_dict(state, version, reuse=self._packed)
+        packed = share_state_dict(state, version)
         ref = ray.put(packed)
         t2 = time.perf_counter()
         report = ray.get(self.fleet.sync_weights.remote([ref], version, self.wait))
@@ -143,11 +146,11 @@ def train_loop_per_worker(config: dict) -> None:
     sync = cfg.cluster.mode == "sync"
     fleet, publish = config["fleet"], _Publisher(config["fleet"], rank, wait=sync)
     pad_id = config["pad_id"]
-    # Async: samples come from older weights; the importance ratio uses the behavior log-probs.
-    params = LossParams(stage_betas_from_config(cfg.algorithm, len(cfg.stage_names)), cfg.algorithm.clip_low,
-                        cfg.algorithm.clip_high, cfg.algorithm.kl_beta, cfg.algorithm.aggregation,
-                        cfg.rollout.temperature, cfg.rollout.max_new_tokens,
-                        cfg.algorithm.recompute_old_logprobs and sync)
+    # Async: samples come from older weights; algorithm.off_policy says how the loss corrects for it.
+    algo = cfg.algorithm
+    params = LossParams(stage_betas_from_config(algo, len(cfg.stage_names)), algo.clip_low, algo.clip_high,
+                        algo.kl_beta, algo.aggregation, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
+                        algo.recompute_old_logprobs, None if sync else algo.off_policy, algo.is_cap)
     sink = _MetricsSink(Path(config["run_dir"]), cfg.logging.tensorboard, start) if rank == 0 else None
     if rank == 0:  # a (re)started worker group: the fleet drops work queued for another timeline
         ray.get(fleet.reset.remote(start))

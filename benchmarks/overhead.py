@@ -25,7 +25,7 @@ PHASES = ("time_generate", "time_score", "time_train", "time_sync")
 
 
 def bench_config(size: str, name: str, out_dir: Path, steps: int, max_new_tokens: int, algorithm: str = "crpo",
-                 prompts: int = 4, group: int = 4):
+                 prompts: int = 4, group: int = 4, mode: str = "sync"):
     from crpo_ray.config import load_config
 
     return load_config(REPO / "configs" / "tiny-cpu.yaml", [
@@ -34,12 +34,15 @@ def bench_config(size: str, name: str, out_dir: Path, steps: int, max_new_tokens
         f"algorithm.name={algorithm}", f"algorithm.schedule={'none' if algorithm == 'grpo' else 'tanh'}",
         "reward.balanced=false", f"rollout.max_new_tokens={max_new_tokens}",
         f"rollout.prompts_per_step={prompts}", f"rollout.group_size={group}", "logging.progress=false",
-        "logging.tensorboard=false", f"learner.micro_batch_size={prompts * group}", "checkpoint.keep_last=1"])
+        "logging.tensorboard=false", f"learner.micro_batch_size={prompts * group}", "checkpoint.keep_last=1",
+        f"cluster.mode={mode}"])
 
 
 def actor_threads(cfg) -> int:
-    """What the driver gives each actor (see crpo_ray.actors.driver.run_training)."""
-    return max(1, (os.cpu_count() or 1) // (cfg.learner.num_workers + cfg.rollout.num_workers))
+    """What the driver gives each rollout worker (the learner gets the same with one learner worker)."""
+    from crpo_ray.actors.driver import actor_threads as driver_threads
+
+    return driver_threads(cfg)[1]
 
 
 def run_crpo(cfg) -> dict:

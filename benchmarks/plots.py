@@ -74,14 +74,16 @@ def sync_vs_size(rows: List[dict], out: Path) -> Path:
 
 def throughput(trl: dict, out: Path) -> Path:
     plt = _plt()
-    labels = ["TRL GRPOTrainer", "crpo-ray sync"]
+    labels = ["TRL GRPOTrainer", "crpo-ray sync"] + (["crpo-ray async"] if "crpo_async" in trl else [])
     values = [trl["trl"]["samples_per_s"], trl["crpo_sync"]["samples_per_s"]]
+    values += [trl["crpo_async"]["samples_per_s"]] if "crpo_async" in trl else []
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    bars = ax.bar(labels, values, color=["#999999", "#1f77b4"])
+    bars = ax.bar(labels, values, color=["#999999", "#1f77b4", "#2ca02c"][:len(values)])
     for b, v in zip(bars, values):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom")
     ax.set_ylabel("samples / second")
-    ax.set_title(f"Same model ({trl['params'] / 1e6:.1f}M), prompts, G, steps; ratio {trl['ratio_sync']:.2f}x")
+    ratios = f"sync {trl['ratio_sync']:.2f}x" + (f", async {trl['ratio_async']:.2f}x" if "ratio_async" in trl else "")
+    ax.set_title(f"Same model ({trl['params'] / 1e6:.1f}M), prompts, G, steps; {ratios}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

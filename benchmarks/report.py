@@ -26,7 +26,9 @@ def figures(res: dict) -> List[tuple]:
         if "skipped" in r:
             out.append((name, "sync / floor", "skipped: " + r["skipped"], "<= 2.0", "N/A"))
         else:
-            out.append((name, f"sync {r['sync_s'] * 1e3:.1f} ms / floor {r['floor_s'] * 1e3:.1f} ms",
+            packed = r.get("packed_layout")
+            extra = f"; packed layout {_f(packed['ratio'])}x" if packed else ""
+            out.append((name, f"sync {r['sync_s'] * 1e3:.1f} ms / floor {r['floor_s'] * 1e3:.1f} ms{extra}",
                         _f(r["ratio"]) + "x", "<= 2.0x", r["verdict"]))
     for r in res.get("overhead", {}).get("rows", []):
         c = r["crpo"]
@@ -46,7 +48,12 @@ def figures(res: dict) -> List[tuple]:
         out.append((f"vs TRL GRPOTrainer ({t['model']}, {t['params'] / 1e6:.1f}M)",
                     f"samples/s crpo-ray sync {t['crpo_sync']['samples_per_s']:.2f} / TRL {t['trl']['samples_per_s']:.2f}",
                     _f(t["ratio_sync"]) + "x", ">= 3x (sync)", t["verdict_sync"]))
-        out.append(("vs TRL GRPOTrainer", "async mode", "not measured", "> sync", "N/A"))
+        if "ratio_async" in t:
+            out.append(("vs TRL GRPOTrainer", f"samples/s crpo-ray async {t['crpo_async']['samples_per_s']:.2f} / TRL "
+                        f"{t['trl']['samples_per_s']:.2f}", _f(t["ratio_async"]) + "x", "> sync and >= 3x",
+                        t["verdict_async"]))
+        else:
+            out.append(("vs TRL GRPOTrainer", "async mode", "not measured", "> sync", "N/A"))
     m = res.get("memory", {})
     if "skipped" in m:
         out.append(("learner memory", "2-worker / 1-worker peak RSS", "skipped: " + m["skipped"], "<= 0.65", "N/A"))
@@ -88,7 +95,9 @@ def markdown(res: dict) -> str:
                          f"{_f(b[1], '{:.3f}') if b[0] else ''} |")
         lines += ["", f"TRL step {t['trl']['step_s']:.2f} s ({t['trl']['threads']} threads, completion length "
                       f"{_f(t['trl']['completion_len'], '{:.1f}')}); crpo-ray step {t['crpo_sync']['step_s']:.2f} s "
-                      f"(completion length {_f(t['crpo_sync']['completion_len'], '{:.1f}')}).", "",
+                      f"(completion length {_f(t['crpo_sync']['completion_len'], '{:.1f}')})"
+                      + (f"; crpo-ray async step {t['crpo_async']['step_s']:.2f} s" if "crpo_async" in t else "")
+                      + ".", "",
                   "Settings that could not be matched:", ""] + [f"- {u}" for u in t["unmatched"]]
     from benchmarks.run import closing_note  # recomputed: a pure function of the results
 

@@ -1,8 +1,9 @@
 """(1) Weight sync against its floor.
 
-One sync is what the learner's publisher does each step: pack the full state dict into
-one buffer per dtype, one ``ray.put``, every rollout worker (the real ``RolloutActor``
-with its HF engine) loads it. The floor is one write of the packed bytes plus one read
+One sync is what the learner's publisher does each step: wrap the full state dict's
+tensors (no copy), one ``ray.put``, every rollout worker (the real ``RolloutActor`` with
+its HF engine) loads it. The packed layout (one buffer per dtype: one more copy) is
+timed in the same run for comparison. The floor is one write of the packed bytes plus one read
 per rollout worker at the memcpy bandwidth measured in this process just before.
 """
 
@@ -27,44 +28,58 @@ def _state_dict(path) -> Dict:
     return state
 
 
+def _time_syncs(state, workers, repeats: int, layout: str) -> List[dict]:
+    import ray
+
+    from crpo_ray.weights import pack_state_dict, share_state_dict
+
+    rows: List[dict] = []
+    packed = None
+    for v in range(1, repeats + 2):  # the first sync is a warm-up
+        t0 = time.perf_counter()
+        packed = share_state_dict(state, v) if layout == "shared" else pack_state_dict(state, v, reuse=packed)
+        t1 = time.perf_counter()
+        ref = ray.put(packed)
+        t2 = time.perf_counter()
+        reports = ray.get([w.load_weights.remote(ref, v) for w in workers])
+        t3 = time.perf_counter()
+        assert all(r["version"] == v for r in reports)
+        del ref
+        rows.append({"pack_s": t1 - t0, "put_s": t2 - t1, "load_s": t3 - t2, "total_s": t3 - t0,
+                     "worker_load_s": max(r["seconds"] for r in reports)})
+    return rows[1:]
+
+
 def _one(path, n_workers: int, repeats: int, cfg) -> dict:
+    """The train loop's layout (shared: no pack copy) and the packed one, timed in the same run."""
     import ray
 
     from crpo_ray.actors.rollout import RolloutActor
-    from crpo_ray.weights import pack_state_dict
 
     state = _state_dict(path)
+    nbytes = sum(t.numel() * t.element_size() for t in state.values())
     workers = [RolloutActor.options(num_cpus=0).remote(f"rollout-{i}", str(path), cfg.model, cfg.rollout, 1, i)
                for i in range(n_workers)]
     try:
         ray.get([w.get_version.remote() for w in workers])
-        nbytes = pack_state_dict(state, 0).nbytes
         gbps = memcpy_gbps(nbytes)
-        rows: List[dict] = []
-        packed = None
-        for v in range(1, repeats + 2):  # the first sync is a warm-up
-            t0 = time.perf_counter()
-            packed = pack_state_dict(state, v, reuse=packed)
-            t1 = time.perf_counter()
-            ref = ray.put(packed)
-            t2 = time.perf_counter()
-            reports = ray.get([w.load_weights.remote(ref, v) for w in workers])
-            t3 = time.perf_counter()
-            assert all(r["version"] == v for r in reports)
-            del ref
-            rows.append({"pack_s": t1 - t0, "put_s": t2 - t1, "load_s": t3 - t2, "total_s": t3 - t0,
-                         "worker_load_s": max(r["seconds"] for r in reports)})
-        rows = rows[1:]
+        shared = _time_syncs(state, workers, repeats, "shared")
+        packed = _time_syncs(state, workers, repeats, "packed")
     finally:
         for w in workers:
             ray.kill(w)
     floor = nbytes * (1 + n_workers) / (gbps * 1e9)
-    sync = median([r["total_s"] for r in rows])
+    sync = median([r["total_s"] for r in shared])
+    packed_s = median([r["total_s"] for r in packed])
     return {"bytes": nbytes, "workers": n_workers, "memcpy_gbps": gbps, "floor_s": floor, "sync_s": sync,
-            "pack_s": median([r["pack_s"] for r in rows]), "put_s": median([r["put_s"] for r in rows]),
-            "load_s": median([r["load_s"] for r in rows]),
-            "worker_load_s": median([r["worker_load_s"] for r in rows]),
-            "ratio": sync / floor, "target": TARGET, "verdict": verdict(sync / floor, TARGET), "repeats": len(rows)}
+            "pack_s": median([r["pack_s"] for r in shared]), "put_s": median([r["put_s"] for r in shared]),
+            "load_s": median([r["load_s"] for r in shared]),
+            "worker_load_s": median([r["worker_load_s"] for r in shared]),
+            "packed_layout": {"sync_s": packed_s, "ratio": packed_s / floor,
+                              "pack_s": median([r["pack_s"] for r in packed]),
+                              "put_s": median([r["put_s"] for r in packed]),
+                              "load_s": median([r["load_s"] for r in packed])},
+            "ratio": sync / floor, "target": TARGET, "verdict": verdict(sync / floor, TARGET), "repeats": len(shared)}
 
 
 def run(sizes: List[str], workers: List[int], repeats: int) -> dict:
@@ -87,6 +102,7 @@ def run(sizes: List[str], workers: List[int], repeats: int) -> dict:
                   f"floor {res['floor_s'] * 1e3:.1f} ms, ratio {res['ratio']:.2f}", flush=True)
             gc.collect()
     return {"target": f"sync time <= {TARGET}x floor (one write + one read per worker at memcpy bandwidth)",
-            "path": "pack_state_dict -> one ray.put -> RolloutActor.load_weights on every worker (driver calls "
-                    "the workers directly; the train loop goes through FleetActor.sync_weights, one more RPC hop)",
+            "path": "share_state_dict (tensors wrapped, no copy) -> one ray.put -> RolloutActor.load_weights on every "
+                    "worker (driver calls the workers directly; the train loop goes through FleetActor.sync_weights, "
+                    "one more RPC hop); packed_layout: the same with pack_state_dict (one extra copy) instead",
             "rows": out}

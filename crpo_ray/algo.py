@@ -8,6 +8,8 @@ The loss (DESIGN.md section 3)::
 
     ratio      = exp(logprobs - old_logprobs)                        [B, T]
     pg         = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)
+    pg         = pg * min(exp(old_logprobs - behavior_logprobs), is_cap)   (only when
+                 behavior log-probs are given: decoupled PPO for stale samples; no grad)
     kl         = exp(ref - logprobs) - (ref - logprobs) - 1          (k3 estimator)
     per_token  = pg + kl_beta * kl
     loss       = aggregate(per_token, mask)
@@ -191,6 +193,8 @@ def crpo_loss(
     num_tokens: Optional[float] = None,
     num_sequences: Optional[float] = None,
     max_completion_length: Optional[int] = None,
+    behavior_logprobs: Optional[Tensor] = None,
+    is_cap: float = 2.0,
 ):
     """The CRPO loss and its metrics.
 
@@ -206,6 +210,10 @@ def crpo_loss(
         num_tokens, num_sequences: global normalizers when one batch is split into
             micro-batches or across ranks (default: this batch's own counts).
         max_completion_length: the ``dr_grpo`` length normalizer (default: T).
+        behavior_logprobs: ``[B, T]`` log-probs of an older policy that actually sampled the
+            tokens, when ``old_logprobs`` are the proximal policy's (decoupled PPO, Hilton et
+            al. 2021): the clipped term is weighted per token by the truncated importance
+            weight ``min(pi_old / pi_behavior, is_cap)``. None: ``old_logprobs`` sampled them.
 
     Returns:
         ``(loss, metrics)``: a scalar tensor and a dict of detached 0-d tensors.
@@ -217,6 +225,10 @@ def crpo_loss(
     ratio = torch.exp(logprobs - old_logprobs)
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = -torch.min(ratio * adv, clipped * adv)
+    is_weight = None
+    if behavior_logprobs is not None:
+        is_weight = torch.exp(old_logprobs - behavior_logprobs).detach()
+        per_token = per_token * is_weight.clamp(max=is_cap)
     use_kl = ref_logprobs is not None and kl_beta != 0.0
     if use_kl:
         delta = ref_logprobs - logprobs
@@ -242,6 +254,10 @@ def crpo_loss(
     metrics["loss"] = loss.detach()
     if use_kl:
         metrics["kl"] = ((kl * mask).sum() / mask.sum().clamp(min=1.0)).detach()
+    if is_weight is not None:
+        ntok = mask.sum().clamp(min=1.0)
+        metrics["is_weight_mean"] = ((is_weight * mask).sum() / ntok).detach()
+        metrics["is_weight_capped_frac"] = (((is_weight > is_cap).to(mask.dtype) * mask).sum() / ntok).detach()
     return loss, metrics
 
 

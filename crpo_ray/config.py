@@ -101,6 +101,7 @@ class RolloutConfig:
     scale_down_idle_s: float = 60.0  # retire a worker idle this long
     chunk_groups: int = 0  # prompt groups per generate call; 0: prompts_per_step / num_workers
     max_attempts: int = 3  # a chunk whose worker dies is re-dispatched up to this many times
+    torch_threads: int = 0  # per rollout worker; 0: from the cores and cluster.mode (scheduling.torch_threads)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,11 @@ class AlgorithmConfig:
     adv_eps: float = 1e-4
     scale_adv_by_std: bool = True
     recompute_old_logprobs: bool = True
+    # Async mode (samples up to max_staleness versions old): "decoupled" clips against the
+    # learner's current weights and weights each token by min(pi_current / pi_behavior, is_cap);
+    # "behavior_ratio" clips the ratio to the behavior policy directly (plain PPO on stale data).
+    off_policy: str = "decoupled"
+    is_cap: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,7 @@ class LearnerConfig:
     warmup_steps: int = 0
     bf16: bool = False
     gradient_checkpointing: bool = False
+    torch_threads: int = 0  # per learner worker; 0: from the cores and cluster.mode (scheduling.torch_threads)
 
 
 @dataclass(frozen=True)
@@ -327,6 +334,8 @@ def validate(cfg: Config, where: str = "<config>") -> None:
     _one_of(algo.aggregation, tuple(AGGREGATIONS), where, "algorithm.aggregation")
     _check(algo.clip_low >= 0 and algo.clip_high >= 0, where, "algorithm.clip_low", "clip ranges must be >= 0")
     _check(algo.kl_beta >= 0, where, "algorithm.kl_beta", "must be >= 0")
+    _one_of(algo.off_policy, ("decoupled", "behavior_ratio"), where, "algorithm.off_policy")
+    _check(algo.is_cap >= 1, where, "algorithm.is_cap", "must be >= 1")
     try:
         betas = stage_betas_from_config(algo, len(names))
     except ValueError as exc:
@@ -335,6 +344,8 @@ def validate(cfg: Config, where: str = "<config>") -> None:
         _check(all(b == 0.0 for b in betas), where, "algorithm.name",
                "grpo means every stage beta is 0: set algorithm.schedule=none")
     _check(cfg.learner.num_workers >= 1, where, "learner.num_workers", "must be >= 1")
+    _check(cfg.learner.torch_threads >= 0, where, "learner.torch_threads", "must be >= 0 (0: automatic)")
+    _check(cfg.rollout.torch_threads >= 0, where, "rollout.torch_threads", "must be >= 0 (0: automatic)")
     _check(cfg.learner.micro_batch_size >= 1, where, "learner.micro_batch_size", "must be >= 1")
     _check(cfg.learner.lr > 0, where, "learner.lr", "must be > 0")
     _one_of(cfg.learner.backend, ("auto", "gloo", "nccl"), where, "learner.backend")

@@ -7,8 +7,9 @@ reason and the decoded text. ``load_weights(packed)`` copies packed weights in.
 * ``hf``: transformers ``generate`` (CPU default): batched with left padding; the
   log-probs and the full-vocabulary entropy come from the raw logits divided by the
   temperature, exactly as the learner computes them (top_p only shapes sampling).
-* ``vllm``: ``vllm.LLM`` (GPU; optional extra): ``SamplingParams(n=G, logprobs=k)``;
-  entropy is estimated from the top-k log-probs; weights load in place through a
+* ``vllm``: ``vllm.LLM`` (GPU; optional extra): ``SamplingParams(n=G, logprobs=k)`` with
+  ``logprobs_mode="processed_logprobs"`` (after temperature, like the learner's; with
+  top_p < 1 also after the nucleus cut); entropy is estimated from the top-k log-probs; weights load in place through a
   ``worker_extension_cls`` method that calls the model's ``load_weights``.
 """
 
@@ -135,6 +136,9 @@ class VLLMEngine:
         self.topk = logprobs_topk
         self.llm = LLM(model=model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                       # log-probs after temperature, as the learner computes them (vLLM's default
+                       # is the raw logits' log-probs, which would make every ratio wrong)
+                       logprobs_mode="processed_logprobs",
                        worker_extension_cls="crpo_ray.engines.VLLMWeightLoader")
         self.tokenizer = self.llm.get_tokenizer()
 

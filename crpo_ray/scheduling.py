@@ -103,6 +103,19 @@ class ScaleController:
         return ScaleDecision(retire=retire, reason=f"idle for >= {p.down_idle_s:g}s")
 
 
+def torch_threads(cores: int, learners: int, rollouts: int, mode: str) -> Tuple[int, int]:
+    """Torch threads (per learner worker, per rollout worker) on a machine of ``cores`` cores.
+
+    Sync mode: generation and training take turns, so each side may use every core while
+    the other waits. Async mode: both run at once and share the cores.
+    """
+    cores = max(1, cores)
+    if mode == "sync":
+        return max(1, cores // max(1, learners)), max(1, cores // max(1, rollouts))
+    both = max(1, cores // max(1, learners + rollouts))
+    return both, both
+
+
 def rollout_bundles(count: int, cpus: float, gpus: float, custom: Dict[str, float]) -> List[Dict[str, float]]:
     """Resource shapes to ask the autoscaler for: one bundle per rollout worker."""
     bundle = {"CPU": float(cpus), **{k: float(v) for k, v in custom.items()}}

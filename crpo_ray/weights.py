@@ -1,8 +1,11 @@
-"""Pack a state dict into one contiguous buffer per dtype plus a small index, and back.
+"""A state dict as numpy buffers plus a small index, and back.
 
-The learner packs once and ``ray.put``s the result; every rollout worker reads the
-buffers zero-copy from the object store (numpy arrays are not copied on ``ray.get``)
-and copies each slice into its engine. Pure: tensors in, numpy buffers out.
+Two layouts behind one type: :func:`share_state_dict` wraps every tensor's own memory
+(no copy; ``ray.put`` then makes the only copy, straight into the object store), and
+:func:`pack_state_dict` copies everything into one contiguous buffer per dtype. Every
+rollout worker reads the buffers zero-copy from the object store (numpy arrays are not
+copied on ``ray.get``) and copies each tensor into its engine. Pure: tensors in, numpy
+buffers out.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class Entry:
     dtype: str  # torch dtype name, e.g. "float32"
     offset: int  # in elements of that dtype
     shape: Tuple[int, ...]
+    buffer: str = ""  # key in PackedWeights.buffers; "" means the dtype name (packed layout)
 
 
 @dataclass(frozen=True)
@@ -69,16 +73,29 @@ def pack_state_dict(state: Dict[str, torch.Tensor], version: int,
     return PackedWeights(version, index, buffers)
 
 
+def share_state_dict(state: Dict[str, torch.Tensor], version: int) -> PackedWeights:
+    """Every tensor's own memory as a numpy buffer (no copy for contiguous CPU tensors).
+
+    The result aliases ``state``: ``ray.put`` it (one copy into the object store) before
+    the tensors change.
+    """
+    index, buffers = [], {}
+    for name in sorted(state):
+        t = state[name].detach()
+        flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
+        buffers[name] = flat.view(torch.uint8).numpy() if flat.numel() else np.empty(0, dtype=np.uint8)
+        index.append(Entry(name, _dtype_name(t.dtype), 0, tuple(t.shape), buffer=name))
+    return PackedWeights(version, index, buffers)
+
+
 def unpack_views(packed: PackedWeights) -> Dict[str, torch.Tensor]:
-    """Tensors viewing the packed buffers (no copy; read-only memory stays read-only)."""
-    flats = {}
-    for dname, buf in packed.buffers.items():
-        raw = torch.frombuffer(memoryview(buf), dtype=torch.uint8) if buf.nbytes else torch.empty(0, dtype=torch.uint8)
-        flats[dname] = raw.view(getattr(torch, dname))
+    """Tensors viewing the buffers (no copy; read-only memory stays read-only)."""
     out = {}
     for e in packed.index:
+        buf = packed.buffers[e.buffer or e.dtype]
+        raw = torch.frombuffer(memoryview(buf), dtype=torch.uint8) if buf.nbytes else torch.empty(0, dtype=torch.uint8)
         n = int(np.prod(e.shape)) if e.shape else 1
-        out[e.name] = flats[e.dtype][e.offset:e.offset + n].view(e.shape)
+        out[e.name] = raw.view(getattr(torch, e.dtype))[e.offset:e.offset + n].view(e.shape)
     return out
 
 

@@ -68,6 +68,25 @@ def test_asymmetric_clip():
     assert out.item() == pytest.approx(-1.28, abs=1e-6)
 
 
+def test_decoupled_importance_weight_by_hand():
+    # Two tokens, A = +1, proximal = current (ratio 1, so the clipped term is -1 per token).
+    # Token 1: pi_old / pi_behavior = 1.5 -> weight 1.5. Token 2: 3.0 -> capped at 2.0.
+    # token_mean loss: -(1.5 + 2.0) / 2 = -1.75; gradient per token = -weight / 2.
+    lp = torch.zeros(1, 2, requires_grad=True)
+    old = torch.zeros(1, 2)
+    behavior = torch.tensor([[-math.log(1.5), -math.log(3.0)]])
+    out, m = _loss(lp, old, torch.tensor([1.0]), behavior_logprobs=behavior, is_cap=2.0)
+    assert out.item() == pytest.approx(-1.75, abs=1e-6)
+    out.backward()
+    assert torch.allclose(lp.grad, torch.tensor([[-0.75, -1.0]]), atol=1e-6)
+    assert m["is_weight_mean"].item() == pytest.approx(2.25, abs=1e-6)
+    assert m["is_weight_capped_frac"].item() == pytest.approx(0.5)
+    # Behavior equal to the proximal policy: exactly the on-policy loss.
+    plain, _ = _loss(torch.tensor([[0.1, -0.2]]), old, torch.tensor([1.0]))
+    same, _ = _loss(torch.tensor([[0.1, -0.2]]), old, torch.tensor([1.0]), behavior_logprobs=old)
+    assert same.item() == pytest.approx(plain.item(), abs=1e-7)
+
+
 def test_k3_kl_by_hand():
     # lp = old = 0, ref = log 2: delta = log 2, kl = 2 - log 2 - 1 = 0.306853; A = 0
     lp = torch.zeros(1, 1)

@@ -78,6 +78,9 @@ def test_semantic_checks(tmp_path):
     assert "data.eval[0].split" in _error(tmp_path, "data:\n  eval:\n    - {split: dev}\n")
     assert "invalid YAML" in _error(tmp_path, "run: [unclosed\n")
     assert "prompt.stages" in _error(tmp_path, "prompt:\n  stages:\n    - {name: a}\n    - {name: a}\n")
+    assert "algorithm.off_policy" in _error(tmp_path, "algorithm:\n  off_policy: vtrace\n")
+    assert "algorithm.is_cap" in _error(tmp_path, "algorithm:\n  is_cap: 0.5\n")
+    assert "learner.torch_threads" in _error(tmp_path, "learner:\n  torch_threads: -1\n")
 
 
 def test_overrides(tmp_path):

@@ -2,8 +2,8 @@
 
 The task, chosen so the tiny model can learn it in a few steps: a toy dataset whose
 gold answer is always "Yes". A short supervised warm start teaches the output format
-with answers drawn 50/50 from Yes/No, so the starting policy earns format +0.5 and an
-accuracy reward near 0 on average (+1 or -1 per sample). Only reinforcement can move
+with answers drawn 30/70 from Yes/No, so the starting policy earns format +0.5 and a
+negative accuracy reward on average (+1 or -1 per sample). Only reinforcement can move
 the answer toward "Yes".
 
 Margin: each step scores 32 samples (8 prompts x G=4), so a 5-step window averages 160
@@ -55,7 +55,7 @@ def _completion(answer: str) -> str:
 
 
 def _warm_start(src: Path, out: Path, steps: int = 300) -> None:
-    """Supervised steps on well-formed completions with random Yes/No answers."""
+    """Supervised steps on well-formed completions answering Yes 30% and No 70% of the time."""
     torch.manual_seed(0)
     rng = random.Random(0)
     tok = AutoTokenizer.from_pretrained(src)
@@ -68,7 +68,8 @@ def _warm_start(src: Path, out: Path, steps: int = 300) -> None:
         seqs, labels = [], []
         for _ in range(8):
             p = rng.choice(prompts)
-            c = tok(_completion(rng.choice(["Yes", "No"])), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            answer = "Yes" if rng.random() < 0.3 else "No"  # a prior against the right answer
+            c = tok(_completion(answer), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             seqs.append(p + c)
             labels.append([-100] * len(p) + c)
         width = max(map(len, seqs))
@@ -93,9 +94,17 @@ def warm(tmp_path_factory):
     return data, model_dir
 
 
-# Async mode is not in this list yet: on this task it learned (reward 0.69 -> 1.44 by step 8)
-# and then collapsed (0.06..0.34 over steps 13-19) in the one run made so far; see issue 4.
-@pytest.mark.parametrize("mode", ["sync"])
+# Stage-entropy strength: every stage of this toy completion is the one token " ok", so a
+# stage's mean entropy is one token's and the paper's m = 0.06 (set for stages of tens of
+# tokens) weighs each token here tens of times more than in the paper; the test uses
+# m = 0.01. Measured on this task (seeded, so reruns repeat): sync learns with m = 0.02
+# (reward 0.12 -> 1.11 over the windows); async with m = 0.02 learned for 5 steps, then
+# its stage entropies ran away (0.003 -> 0.6 by step 8) and the format broke for good
+# (format_ok 0.28 at step 19); async with m = 0.01 had the same excursion at steps 5-8
+# and recovered (0.11 -> 0.65); async GRPO (m = 0) had a smaller one and recovered
+# (0.08 -> 0.89). One-step-stale samples delay the pg term's correction of an entropy rise
+# by a step; the entropy bonus pushes through that delay. Both modes run the same config.
+@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_crpo_raises_reward_through_the_pipeline(mode, warm, tmp_path):
     data, model_dir = warm
     cfg = tmp_path / "learn.yaml"
@@ -105,7 +114,7 @@ def test_crpo_raises_reward_through_the_pipeline(mode, warm, tmp_path):
         f"data:\n  train:\n    - {{format: mental_r1, root: {data}, split: train}}\n"
         f"  eval:\n    - {{format: mental_r1, root: {data}, split: test}}\n"
         "rollout: {group_size: 4, prompts_per_step: 8, max_new_tokens: 96, temperature: 0.85, top_p: 1.0}\n"
-        "algorithm: {kl_beta: 0.05}\n"
+        "algorithm: {kl_beta: 0.05, tanh_m: 0.01}\n"
         "learner: {num_workers: 2, lr: 1.0e-4, micro_batch_size: 8}\n"
         f"cluster: {{mode: {mode}, max_staleness: 1}}\n"
         "logging: {tensorboard: false}\n")

@@ -4,7 +4,8 @@ import pytest
 
 from crpo_ray.config import ConfigError, load_config, pool_bounds
 from crpo_ray.scheduling import (ScaleController, ScalePolicy, chunk_bounds, default_chunk,
-                                 plan_horizon, rollout_bundles, staleness_histogram, staleness_ok)
+                                 plan_horizon, rollout_bundles, staleness_histogram, staleness_ok,
+                                 torch_threads)
 
 
 def test_chunks_cover_every_group_once():
@@ -62,6 +63,16 @@ def test_pool_from_zero_and_back_to_min():
 def test_bundles():
     assert rollout_bundles(2, 1, 0, {"rollout": 1}) == [{"CPU": 1.0, "rollout": 1.0}] * 2
     assert rollout_bundles(1, 1, 1, {})[0]["GPU"] == 1.0
+
+
+def test_torch_threads_turns_in_sync_shares_in_async():
+    # sync: generation and training take turns, so each side gets every core while it runs
+    assert torch_threads(8, 2, 1, "sync") == (4, 8)
+    assert torch_threads(2, 2, 1, "sync") == (1, 2)
+    # async: both run at once and split the cores
+    assert torch_threads(8, 2, 2, "async") == (2, 2)
+    assert torch_threads(2, 2, 1, "async") == (1, 1)  # never below one thread
+    assert torch_threads(0, 1, 0, "sync") == (1, 1)
 
 
 def test_pool_and_placement_config_checked():

@@ -1,11 +1,11 @@
-"""Packing a state dict into one buffer per dtype and loading it back, bit for bit."""
+"""State dicts as numpy buffers (shared per tensor, or packed per dtype) and back, bit for bit."""
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from crpo_ray.weights import load_into, pack_state_dict, unpack_views
+from crpo_ray.weights import load_into, pack_state_dict, share_state_dict, unpack_views
 
 
 def test_pack_roundtrip_mixed_dtypes():
@@ -27,13 +27,15 @@ def test_views_share_the_buffer():
     assert views["w"][0].item() == 2.0  # a view, not a copy
 
 
-def test_load_into_model_bit_for_bit(tiny_model_dir):
+@pytest.mark.parametrize("layout", ["packed", "shared"])
+def test_load_into_model_bit_for_bit(layout, tiny_model_dir):
     src = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     dst = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
         for p in src.parameters():
             p.add_(torch.randn_like(p))
-    copied = load_into(dst, pack_state_dict(src.state_dict(), 1))
+    state = {k: v.clone() for k, v in src.state_dict().items()}
+    copied = load_into(dst, (pack_state_dict if layout == "packed" else share_state_dict)(state, 1))
     assert copied > 0
     for (k, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
         assert torch.equal(a, b), k
@@ -63,3 +65,20 @@ def test_pack_reuse_overwrites_buffers_in_place():
     other = pack_state_dict({"w": torch.ones(3, 2)}, 3, reuse=second)  # another layout: fresh buffers
     assert other.buffers["float32"].ctypes.data != second.buffers["float32"].ctypes.data
     assert torch.equal(unpack_views(second)["w"], b["w"])
+
+
+def test_share_roundtrip_without_copy():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(4, 6, generator=g)
+    state = {"a.weight": base, "b.bias": torch.randn(5, generator=g).to(torch.bfloat16),
+             "t.weight": base.t(), "scalar": torch.tensor(3.0), "empty": torch.zeros(0)}
+    shared = share_state_dict(state, version=4)
+    assert shared.version == 4 and set(shared.buffers) == set(state)
+    assert shared.nbytes == sum(t.numel() * t.element_size() for t in state.values())
+    views = unpack_views(shared)
+    for k, t in state.items():
+        assert views[k].dtype == t.dtype and views[k].shape == t.shape and torch.equal(views[k], t), k
+    # contiguous tensors are wrapped, not copied; the transposed one had to be made contiguous
+    assert shared.buffers["a.weight"].ctypes.data == base.data_ptr()
+    base[0, 0] = 42.0
+    assert views["a.weight"][0, 0].item() == 42.0 and views["t.weight"][0, 0].item() != 42.0
