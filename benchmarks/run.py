@@ -51,7 +51,7 @@ def closing_note(res: dict) -> str:
         why.append("Weight sync: small models are bound by fixed per-call latency (Ray RPC and object creation, "
                    "milliseconds), not bytes. For large models the state dict's tensors go into the object store "
                    "with one copy (the put), as the floor counts; the rest is the workers' loads, which copy into "
-                   "their engine's parameters below memcpy bandwidth on a loaded 2-core machine"
+                   "their engine's parameters below memcpy bandwidth on a 2-core machine"
                    + (f" ({parts})" if parts else "") + ". Closing it: load in place on the rollout side (engine "
                    "parameters backed by the object-store buffer) and on a machine with more cores than actors.")
     for r in res.get("overhead", {}).get("rows", []):
