@@ -38,6 +38,7 @@ class LossParams:
     # None: samples are on-policy (sync). "decoupled" | "behavior_ratio": stale samples (async).
     off_policy: Optional[str] = None
     is_cap: float = 2.0
+    entropy_ceiling: float = 0.0
 
 
 def _decoder_layers(model) -> List[torch.nn.Module]:
@@ -124,7 +125,8 @@ def train_step(model, ref_model, optimizer, scheduler, batch: TrainBatch, params
                             stage_betas=params.stage_betas, clip_low=params.clip_low, clip_high=params.clip_high,
                             kl_beta=params.kl_beta, aggregation=params.aggregation, num_tokens=n_tok,
                             num_sequences=n_seq, max_completion_length=params.max_completion_length,
-                            behavior_logprobs=behavior, is_cap=params.is_cap)
+                            behavior_logprobs=behavior, is_cap=params.is_cap,
+                            entropy_ceiling=params.entropy_ceiling)
         (loss * world).backward()
         tokens = mb.mask.sum().item()
         diff = ((lp.detach() - mb.behavior_logprobs).abs() * mb.mask).sum().item()

@@ -150,7 +150,8 @@ def train_loop_per_worker(config: dict) -> None:
     algo = cfg.algorithm
     params = LossParams(stage_betas_from_config(algo, len(cfg.stage_names)), algo.clip_low, algo.clip_high,
                         algo.kl_beta, algo.aggregation, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
-                        algo.recompute_old_logprobs, None if sync else algo.off_policy, algo.is_cap)
+                        algo.recompute_old_logprobs, None if sync else algo.off_policy, algo.is_cap,
+                        algo.entropy_ceiling)
     sink = _MetricsSink(Path(config["run_dir"]), cfg.logging.tensorboard, start) if rank == 0 else None
     if rank == 0:  # a (re)started worker group: the fleet drops work queued for another timeline
         ray.get(fleet.reset.remote(start))

@@ -20,7 +20,7 @@ from benchmarks import common
 
 SUITES = {
     "full": dict(sync_sizes=["tiny", "100m", "500m"], sync_workers=[1, 2], sync_repeats=3,
-                 overhead=[("small", "2m", 32, "grpo"), ("larger", "10m", 32, "crpo")], steps=4,
+                 overhead=[("small", "2m", 32, "grpo"), ("larger", "10m", 32, "crpo")], steps=6,
                  shapes=[(64, 512, 1024), (512, 512, 2048)], trl=True, memory="100m"),
     "smoke": dict(sync_sizes=["tiny"], sync_workers=[1], sync_repeats=2, overhead=[("small", "tiny", 8, "grpo")],
                   steps=2, shapes=[(16, 64, 64)], trl=False, memory="tiny"),

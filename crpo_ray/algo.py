@@ -112,16 +112,69 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4, scale_
 # --------------------------------------------------------------------------- log-probs, entropy
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class _LogprobEntropy(torch.autograd.Function):
+    """Log-prob of the targets and full-vocabulary entropy in one pass, with a hand-written backward.
+
+    Autograd through ``log_softmax -> gather`` and ``-(exp(lp) * lp).sum`` keeps several
+    ``[B, T, V]`` tensors alive and runs one backward kernel per op. Here only the
+    log-probabilities are kept; with ``z = logits / T`` and ``p = softmax(z)``:
+
+    * ``d logp_y / dz = onehot(y) - p``
+    * ``d H / dz = -p * (log p + H)``
+
+    When the entropy is not part of the loss (GRPO: every stage beta 0), its gradient is
+    never computed.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, temperature: float):
+        ctx.set_materialize_grads(False)
+        up = _at_least_float32(logits)
+        log_p = up / temperature if temperature != 1.0 else up.clone()
+        log_p.sub_(torch.logsumexp(log_p, dim=-1, keepdim=True))
+        logprobs = torch.gather(log_p, -1, targets.long().unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_p.exp() * log_p).sum(dim=-1)
+        ctx.save_for_backward(log_p, targets, entropy)
+        ctx.temperature, ctx.logits_dtype = temperature, logits.dtype
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, g_logprob: Optional[Tensor], g_entropy: Optional[Tensor]):
+        log_p, targets, entropy = ctx.saved_tensors
+        if g_logprob is None and g_entropy is None:
+            return None, None, None
+        p = log_p.exp()
+        if g_entropy is not None:
+            # -p * (log p + H) * g_H, built in the buffer of ``grad``
+            grad = (log_p + entropy.unsqueeze(-1)).mul_(p).mul_(-g_entropy.unsqueeze(-1))
+        else:
+            grad = torch.zeros_like(p)
+        if g_logprob is not None:
+            g = g_logprob.unsqueeze(-1)
+            grad.addcmul_(p, g, value=-1.0)
+            grad.scatter_add_(-1, targets.long().unsqueeze(-1), g)
+        if ctx.temperature != 1.0:
+            grad.div_(ctx.temperature)
+        return grad.to(ctx.logits_dtype), None, None
+
+
 def token_logprobs_and_entropy(logits: Tensor, targets: Tensor, temperature: float = 1.0):
     """Per-token log-prob of ``targets`` and full-vocabulary entropy of ``logits / temperature``.
 
     ``logits``: ``[B, T, V]`` predicting ``targets`` ``[B, T]``. Returns two ``[B, T]``
-    float32 tensors. Entropy is differentiable (the CRPO stage term needs its gradient).
+    tensors in float32 (float64 for float64 logits). Both are differentiable (the CRPO stage term needs the entropy's
+    gradient); the backward is fused (see ``_LogprobEntropy``).
     """
-    log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    logprobs = torch.gather(log_probs, -1, targets.long().unsqueeze(-1)).squeeze(-1)
-    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
-    return logprobs, entropy
+    if not (torch.is_grad_enabled() and logits.requires_grad):
+        with torch.no_grad():
+            log_p = torch.log_softmax(_at_least_float32(logits) / temperature, dim=-1)
+            logprobs = torch.gather(log_p, -1, targets.long().unsqueeze(-1)).squeeze(-1)
+            return logprobs, -(log_p.exp() * log_p).sum(dim=-1)
+    return _LogprobEntropy.apply(logits, targets, temperature)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -195,6 +248,7 @@ def crpo_loss(
     max_completion_length: Optional[int] = None,
     behavior_logprobs: Optional[Tensor] = None,
     is_cap: float = 2.0,
+    entropy_ceiling: float = 0.0,
 ):
     """The CRPO loss and its metrics.
 
@@ -214,6 +268,10 @@ def crpo_loss(
             tokens, when ``old_logprobs`` are the proximal policy's (decoupled PPO, Hilton et
             al. 2021): the clipped term is weighted per token by the truncated importance
             weight ``min(pi_old / pi_behavior, is_cap)``. None: ``old_logprobs`` sampled them.
+        entropy_ceiling: when > 0, a stage's entropy bonus (beta < 0) acts on a sample only
+            while that sample's mean entropy over the stage is below it (a hinge: the bonus
+            stops pushing once the stage is that uncertain). Penalties (beta > 0) always act.
+            0 turns the guard off (the paper's loss).
 
     Returns:
         ``(loss, metrics)``: a scalar tensor and a dict of detached 0-d tensors.
@@ -241,10 +299,7 @@ def crpo_loss(
     num_stages = len(stage_betas)
     means, counts = stage_entropy_means(entropies, stage_ids, mask, num_stages)
     seq_denom = means.shape[0] if num_sequences is None else num_sequences
-    entropy_term = torch.zeros((), dtype=loss.dtype, device=loss.device)
-    for k, beta in enumerate(stage_betas):
-        if beta != 0.0:
-            entropy_term = entropy_term + beta * (means[:, k].sum() / seq_denom)
+    entropy_term, guard = _stage_entropy_term(means, counts, stage_betas, seq_denom, entropy_ceiling)
     if any(b != 0.0 for b in stage_betas):
         loss = loss + entropy_term
 
@@ -254,11 +309,35 @@ def crpo_loss(
     metrics["loss"] = loss.detach()
     if use_kl:
         metrics["kl"] = ((kl * mask).sum() / mask.sum().clamp(min=1.0)).detach()
+    if guard is not None:
+        metrics["entropy_bonus_off_frac"] = guard
     if is_weight is not None:
         ntok = mask.sum().clamp(min=1.0)
         metrics["is_weight_mean"] = ((is_weight * mask).sum() / ntok).detach()
         metrics["is_weight_capped_frac"] = (((is_weight > is_cap).to(mask.dtype) * mask).sum() / ntok).detach()
     return loss, metrics
+
+
+def _stage_entropy_term(means: Tensor, counts: Tensor, stage_betas: Sequence[float], seq_denom,
+                        ceiling: float) -> tuple:
+    """``sum_k beta_k * mean over samples of H_k`` and, with a ceiling, the fraction of present
+    (sample, bonus-stage) pairs whose bonus the ceiling switched off (else None)."""
+    term = torch.zeros((), dtype=means.dtype, device=means.device)
+    off = torch.zeros((), dtype=means.dtype, device=means.device)
+    present = torch.zeros((), dtype=means.dtype, device=means.device)
+    for k, beta in enumerate(stage_betas):
+        if beta == 0.0:
+            continue
+        stage = means[:, k]
+        if beta < 0.0 and ceiling > 0.0:
+            above = stage.detach() >= ceiling
+            has = counts[:, k] > 0
+            off = off + (above & has).sum()
+            present = present + has.sum()
+            stage = stage.masked_fill(above, 0.0)
+        term = term + beta * (stage.sum() / seq_denom)
+    guarded = ceiling > 0.0 and any(b < 0.0 for b in stage_betas)
+    return term, ((off / present.clamp(min=1.0)).detach() if guarded else None)
 
 
 def _loss_metrics(ratio, adv, mask, clip_low, clip_high, entropies, stage_ids, counts, num_stages) -> dict:

@@ -133,6 +133,9 @@ class AlgorithmConfig:
     # "behavior_ratio" clips the ratio to the behavior policy directly (plain PPO on stale data).
     off_policy: str = "decoupled"
     is_cap: float = 2.0
+    # > 0: a stage's entropy bonus acts on a sample only while its mean stage entropy is below
+    # this (guards against entropy runaway, seen in async mode); 0: off, the paper's loss
+    entropy_ceiling: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -336,6 +339,7 @@ def validate(cfg: Config, where: str = "<config>") -> None:
     _check(algo.kl_beta >= 0, where, "algorithm.kl_beta", "must be >= 0")
     _one_of(algo.off_policy, ("decoupled", "behavior_ratio"), where, "algorithm.off_policy")
     _check(algo.is_cap >= 1, where, "algorithm.is_cap", "must be >= 1")
+    _check(algo.entropy_ceiling >= 0, where, "algorithm.entropy_ceiling", "must be >= 0 (0: off)")
     try:
         betas = stage_betas_from_config(algo, len(names))
     except ValueError as exc:

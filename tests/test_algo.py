@@ -152,6 +152,26 @@ def test_stage_entropy_term_by_hand():
     assert m["stage_entropy/1"].item() == pytest.approx(3.5) and m["stage_tokens/1"].item() == 2
 
 
+def test_entropy_ceiling_by_hand():
+    # same batch as above, stage 0 a penalty (0.1), stage 1 a bonus (-0.2), ceiling 3.5:
+    # stage 1 row means 3 (below: kept) and 4 (at or above: bonus off) -> (3 + 0) / 2 = 1.5
+    # term = 0.1 * 0.75 + (-0.2) * 1.5 = -0.225; one of the two present bonus pairs is off
+    ent = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], requires_grad=True)
+    sid = torch.tensor([[0, 0, 1], [1, -1, -1]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    lp = torch.zeros(2, 3)
+    out, m = crpo_loss(lp, lp, None, ent, torch.zeros(2), sid, mask, stage_betas=[0.1, -0.2], entropy_ceiling=3.5)
+    assert out.item() == pytest.approx(-0.225, abs=1e-6)
+    assert m["entropy_bonus_off_frac"].item() == pytest.approx(0.5)
+    (g,) = torch.autograd.grad(out, ent)
+    # the guarded bonus token gets no gradient; the penalty stage always does
+    assert g[1, 0].item() == 0.0 and g[0, 2].item() == pytest.approx(-0.2 / 2)
+    assert g[0, 0].item() == pytest.approx(0.1 / 2 / 2) and g[0, 1].item() == pytest.approx(0.1 / 2 / 2)
+    # ceiling 0 is the paper's loss: no guard metric, the same value as without the argument
+    off, m0 = crpo_loss(lp, lp, None, ent, torch.zeros(2), sid, mask, stage_betas=[0.1, -0.2])
+    assert off.item() == pytest.approx(-0.625, abs=1e-6) and "entropy_bonus_off_frac" not in m0
+
+
 def test_stage_means_loop_equals_vectorized():
     g = torch.Generator().manual_seed(0)
     ent = torch.rand(6, 11, generator=g)
@@ -202,6 +222,36 @@ def test_token_logprobs_and_entropy():
     # temperature scales the logits first: at T=2 the second row is softmax([5, 0, 0, 0])
     lp2, _ = token_logprobs_and_entropy(logits, torch.tensor([[2, 0]]), temperature=2.0)
     assert lp2[0, 1].item() == pytest.approx(float(torch.log_softmax(logits[0, 1] / 2, -1)[0]), abs=1e-6)
+
+
+def _autograd_logprob_entropy(logits, targets, temperature):
+    log_p = torch.log_softmax(logits / temperature, -1)
+    return log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("use_entropy", [True, False])
+def test_fused_backward_matches_autograd(temperature, use_entropy):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 5, 11, dtype=torch.float64, generator=g, requires_grad=True)
+    targets = torch.randint(0, 11, (3, 5), generator=g)
+    w_lp, w_ent = torch.randn(3, 5, dtype=torch.float64, generator=g), torch.randn(3, 5, dtype=torch.float64, generator=g)
+    grads = []
+    for fn in (token_logprobs_and_entropy, _autograd_logprob_entropy):
+        lp, ent = fn(logits, targets, temperature)
+        loss = (lp * w_lp).sum() + ((ent * w_ent).sum() if use_entropy else 0.0)
+        grads.append(torch.autograd.grad(loss, logits)[0])
+    assert torch.allclose(grads[0], grads[1], atol=1e-12, rtol=0)
+    # and against finite differences
+    assert torch.autograd.gradcheck(lambda x: token_logprobs_and_entropy(x, targets, temperature), (logits,))
+
+
+def test_fused_keeps_low_precision_logits_dtype_for_the_gradient():
+    logits = torch.randn(2, 3, 7, dtype=torch.bfloat16, requires_grad=True)
+    lp, ent = token_logprobs_and_entropy(logits, torch.zeros(2, 3, dtype=torch.long))
+    assert lp.dtype == torch.float32 and ent.dtype == torch.float32
+    (lp.sum() + ent.sum()).backward()
+    assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad.float()).all()
 
 
 def _toy_step(betas, adv, lr):

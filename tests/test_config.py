@@ -80,6 +80,7 @@ def test_semantic_checks(tmp_path):
     assert "prompt.stages" in _error(tmp_path, "prompt:\n  stages:\n    - {name: a}\n    - {name: a}\n")
     assert "algorithm.off_policy" in _error(tmp_path, "algorithm:\n  off_policy: vtrace\n")
     assert "algorithm.is_cap" in _error(tmp_path, "algorithm:\n  is_cap: 0.5\n")
+    assert "algorithm.entropy_ceiling" in _error(tmp_path, "algorithm:\n  entropy_ceiling: -0.1\n")
     assert "learner.torch_threads" in _error(tmp_path, "learner:\n  torch_threads: -1\n")
 
 
