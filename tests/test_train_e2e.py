@@ -144,12 +144,15 @@ def test_ray_job_submit(tiny_model_dir, tmp_path):
         job = subprocess.run(
             [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--",
              "crpo-ray", "train", "--config", "configs/tiny-cpu.yaml", "run.total_steps=1",
-             f"run.output_dir={tmp_path}", f"model.path={tiny_model_dir}"],
+             f"run.output_dir={tmp_path}", f"model.path={tiny_model_dir}", "algorithm.entropy_ceiling=5.0"],
             env=env, capture_output=True, text=True, timeout=600)
         out = job.stdout + job.stderr
         assert job.returncode == 0 and "succeeded" in out, out[-3000:]
-        assert "address" not in read_jsonl(tmp_path / "tiny-cpu" / "metrics.jsonl")[0]
-        assert len(read_jsonl(tmp_path / "tiny-cpu" / "metrics.jsonl")) == 1
+        rows = read_jsonl(tmp_path / "tiny-cpu" / "metrics.jsonl")
+        assert "address" not in rows[0] and len(rows) == 1
+        # the override reached the loss: the random model's stage entropy (about 7.6 nats)
+        # is above the ceiling, so every stage bonus is switched off
+        assert rows[0]["stage_entropy/0"] > 5.0 and rows[0]["entropy_bonus_off_frac"] == 1.0
     finally:
         stop_cluster(temp_dir)  # only this test's cluster, never other Ray processes on the machine
         shutil.rmtree(temp_dir, ignore_errors=True)
