@@ -28,7 +28,9 @@ def figures(res: dict) -> List[tuple]:
         else:
             packed = r.get("packed_layout")
             extra = f"; packed layout {_f(packed['ratio'])}x" if packed else ""
-            out.append((name, f"sync {r['sync_s'] * 1e3:.1f} ms / floor {r['floor_s'] * 1e3:.1f} ms{extra}",
+            each = r.get("sync_s_each") or []
+            spread = f" (each {min(each) * 1e3:.1f}-{max(each) * 1e3:.1f})" if len(each) > 1 else ""
+            out.append((name, f"sync {r['sync_s'] * 1e3:.1f} ms{spread} / floor {r['floor_s'] * 1e3:.1f} ms{extra}",
                         _f(r["ratio"]) + "x", "<= 2.0x", r["verdict"]))
     for r in res.get("overhead", {}).get("rows", []):
         c = r["crpo"]

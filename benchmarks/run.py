@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks import common
 
 SUITES = {
-    "full": dict(sync_sizes=["tiny", "100m", "500m"], sync_workers=[1, 2], sync_repeats=3,
+    "full": dict(sync_sizes=["tiny", "100m", "500m"], sync_workers=[1, 2], sync_repeats=5,
                  overhead=[("small", "2m", 32, "grpo"), ("larger", "10m", 32, "crpo")], steps=6,
                  shapes=[(64, 512, 1024), (512, 512, 2048)], trl=True, memory="100m"),
     "smoke": dict(sync_sizes=["tiny"], sync_workers=[1], sync_repeats=2, overhead=[("small", "tiny", 8, "grpo")],
@@ -38,6 +38,15 @@ def _guard(res: dict, key: str, fn):
     res.setdefault("bench_wall_s", {})[key] = time.perf_counter() - t
 
 
+def _faulted(r: dict) -> str:
+    """How many timed puts faulted in (nearly) every page of the buffer."""
+    each = r.get("put_page_faults_each")
+    if not each:
+        return ""
+    pages = r["bytes"] / 4096
+    return f"; {sum(f > 0.5 * pages for f in each)} of {len(each)} puts page-faulted the whole buffer"
+
+
 def closing_note(res: dict) -> str:
     from benchmarks.report import figures
 
@@ -47,13 +56,16 @@ def closing_note(res: dict) -> str:
     big = [r for r in rows if r["bytes"] > 50 * 2**20]
     if any(r["verdict"] == "MISS" for r in rows):
         parts = ", ".join(f"{r['model']} x{r['workers']}: put {r['put_s'] * 1e3:.0f} / load {r['load_s'] * 1e3:.0f} ms "
-                          f"(worker's own load {r['worker_load_s'] * 1e3:.0f} ms)" for r in big)
+                          f"(worker's own load {r['worker_load_s'] * 1e3:.0f} ms){_faulted(r)}" for r in big)
         why.append("Weight sync: small models are bound by fixed per-call latency (Ray RPC and object creation, "
                    "milliseconds), not bytes. For large models the state dict's tensors go into the object store "
                    "with one copy (the put), as the floor counts; the rest is the workers' loads, which copy into "
                    "their engine's parameters below memcpy bandwidth on a 2-core machine"
-                   + (f" ({parts})" if parts else "") + ". Closing it: load in place on the rollout side (engine "
-                   "parameters backed by the object-store buffer) and on a machine with more cores than actors.")
+                   + (f" ({parts})" if parts else "") + ". Some puts land in object-store memory that was just "
+                   "allocated: they pay a page fault per 4 KiB page and run about 5x slower than puts into pages "
+                   "touched before, so single syncs vary several-fold. Closing it: one persistent object-store "
+                   "buffer reused by every sync (no fresh pages), loading in place on the rollout side (engine "
+                   "parameters backed by that buffer), and more cores than actors.")
     for r in res.get("overhead", {}).get("rows", []):
         if r["verdict_floor"] == "MISS" or r["crpo"]["verdict_overhead"] == "MISS":
             p = r["crpo"]["phases_s"]

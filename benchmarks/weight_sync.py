@@ -10,6 +10,7 @@ per rollout worker at the memcpy bandwidth measured in this process just before.
 from __future__ import annotations
 
 import gc
+import resource
 import time
 from typing import Dict, List
 
@@ -28,6 +29,11 @@ def _state_dict(path) -> Dict:
     return state
 
 
+def _page_faults() -> int:
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_minflt + use.ru_majflt
+
+
 def _time_syncs(state, workers, repeats: int, layout: str) -> List[dict]:
     import ray
 
@@ -39,14 +45,14 @@ def _time_syncs(state, workers, repeats: int, layout: str) -> List[dict]:
     for v in range(1, repeats + warmup + 1):
         t0 = time.perf_counter()
         packed = share_state_dict(state, v) if layout == "shared" else pack_state_dict(state, v, reuse=packed)
-        t1 = time.perf_counter()
+        faults0, t1 = _page_faults(), time.perf_counter()
         ref = ray.put(packed)
-        t2 = time.perf_counter()
+        t2, faults = time.perf_counter(), _page_faults() - faults0
         reports = ray.get([w.load_weights.remote(ref, v) for w in workers])
         t3 = time.perf_counter()
         assert all(r["version"] == v for r in reports)
         del ref
-        rows.append({"pack_s": t1 - t0, "put_s": t2 - t1, "load_s": t3 - t2, "total_s": t3 - t0,
+        rows.append({"pack_s": t1 - t0, "put_s": t2 - t1, "load_s": t3 - t2, "total_s": t3 - t0, "put_faults": faults,
                      "worker_load_s": max(r["seconds"] for r in reports)})
     return rows[warmup:]
 
@@ -80,7 +86,11 @@ def _one(path, n_workers: int, repeats: int, cfg) -> dict:
                               "pack_s": median([r["pack_s"] for r in packed]),
                               "put_s": median([r["put_s"] for r in packed]),
                               "load_s": median([r["load_s"] for r in packed])},
-            "ratio": sync / floor, "target": TARGET, "verdict": verdict(sync / floor, TARGET), "repeats": len(shared)}
+            "ratio": sync / floor, "target": TARGET, "verdict": verdict(sync / floor, TARGET), "repeats": len(shared),
+            # every timed sync: a put into freshly allocated object-store memory pays a page fault
+            # per 4 KiB page (about 5x slower than a put into pages touched before), so they vary
+            "sync_s_each": [r["total_s"] for r in shared], "put_s_each": [r["put_s"] for r in shared],
+            "put_page_faults_each": [r["put_faults"] for r in shared]}
 
 
 def run(sizes: List[str], workers: List[int], repeats: int) -> dict:
