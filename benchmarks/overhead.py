@@ -132,10 +132,28 @@ def bare_floor(cfg, threads: int, repeats: int = 2) -> dict:
         generate(), train()  # warm-up
         gen_s = best_of(generate, repeats)
         train_s = best_of(train, repeats)
+        engine_s = _engine_generate_s(cfg, path, prompts, repeats)
         return {"threads": threads, "generate_s": gen_s, "train_s": train_s, "floor_s": gen_s + train_s,
+                "engine_generate_s": engine_s,
                 "sequences": len(rows), "completion_len": int(seqs["out"].shape[1] - width), "prompt_width": width}
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _engine_generate_s(cfg, path: str, prompts, repeats: int) -> float:
+    """crpo-ray's own HF engine (log-probs and entropies included) in this process, same threads:
+    separates the engine's extra work from what running inside Ray actors costs."""
+    from crpo_ray.engines import HFEngine
+
+    engine = HFEngine(path)
+    r = cfg.rollout
+
+    def gen():
+        engine.generate(prompts, r.group_size, temperature=r.temperature, top_p=r.top_p,
+                        max_new_tokens=r.max_new_tokens)
+
+    gen()  # warm-up
+    return best_of(gen, repeats)
 
 
 def model_dir_of(cfg) -> Path:
