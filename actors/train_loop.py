@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -215,10 +216,11 @@ def _finish_step(config, rank, step, done, metrics, example_ids, state, model, o
         sink.write(step, metrics, example_ids)
         if cfg.logging.progress:
             f1 = metrics.get("eval_f1")
-            print(f"[crpo-ray] step {done}/{cfg.run.total_steps} reward {metrics['reward']:+.3f} "
-                  f"acc {metrics['accuracy']:.2f} format {metrics['format_ok']:.2f}"
-                  + (f" eval_f1 {f1:.3f}" if f1 is not None else "") + f" step {metrics['time_step']:.1f}s",
-                  flush=True)
+            # not print(): Ray Train patches it to tee into its logger as well, so every line showed twice
+            sys.stdout.write(f"[crpo-ray] step {done}/{cfg.run.total_steps} reward {metrics['reward']:+.3f} "
+                             f"acc {metrics['accuracy']:.2f} format {metrics['format_ok']:.2f}"
+                             + (f" eval_f1 {f1:.3f}" if f1 is not None else "") + f" step {metrics['time_step']:.1f}s\n")
+            sys.stdout.flush()
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     scalars["step"] = done
     checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None

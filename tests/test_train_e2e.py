@@ -148,6 +148,7 @@ def test_ray_job_submit(tiny_model_dir, tmp_path):
             env=env, capture_output=True, text=True, timeout=600)
         out = job.stdout + job.stderr
         assert job.returncode == 0 and "succeeded" in out, out[-3000:]
+        assert out.count("[crpo-ray] step 1/1 ") == 1, out[-3000:]  # the progress line, once (not teed twice)
         rows = read_jsonl(tmp_path / "tiny-cpu" / "metrics.jsonl")
         assert "address" not in rows[0] and len(rows) == 1
         # the override reached the loss: the random model's stage entropy (about 7.6 nats)
