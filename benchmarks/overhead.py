@@ -91,14 +91,16 @@ def step_prompts(cfg, step: int) -> List[List[int]]:
 def bare_floor(cfg, threads: int, repeats: int = 2) -> dict:
     """Plain generate + plain forward/backward/AdamW step, one process, no Ray, ``threads`` threads."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from crpo_ray.engines import HFEngine
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        path = str(model_dir_of(cfg))
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False)
+        # one float32 model: plain generate and the train step use it directly, and crpo-ray's own
+        # engine is timed around it
+        engine = HFEngine(str(model_dir_of(cfg)))
+        tok, model = engine.tokenizer, engine.model
         prompts = step_prompts(cfg, 1)
         g, pad = cfg.rollout.group_size, tok.pad_token_id
         rows = [p for p in prompts for _ in range(g)]
@@ -132,7 +134,7 @@ def bare_floor(cfg, threads: int, repeats: int = 2) -> dict:
         generate(), train()  # warm-up
         gen_s = best_of(generate, repeats)
         train_s = best_of(train, repeats)
-        engine_s = _engine_generate_s(cfg, path, prompts, repeats)
+        engine_s = _engine_generate_s(engine, cfg, prompts, repeats)
         return {"threads": threads, "generate_s": gen_s, "train_s": train_s, "floor_s": gen_s + train_s,
                 "engine_generate_s": engine_s,
                 "sequences": len(rows), "completion_len": int(seqs["out"].shape[1] - width), "prompt_width": width}
@@ -140,12 +142,10 @@ def bare_floor(cfg, threads: int, repeats: int = 2) -> dict:
         torch.set_num_threads(old_threads)
 
 
-def _engine_generate_s(cfg, path: str, prompts, repeats: int) -> float:
+def _engine_generate_s(engine, cfg, prompts, repeats: int) -> float:
     """crpo-ray's own HF engine (log-probs and entropies included) in this process, same threads:
     separates the engine's extra work from what running inside Ray actors costs."""
-    from crpo_ray.engines import HFEngine
-
-    engine = HFEngine(path)
+    engine.model.eval()
     r = cfg.rollout
 
     def gen():

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import sys
 import time
@@ -17,6 +18,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import common
+from benchmarks.common import median
 
 SUITES = {
     "full": dict(sync_sizes=["tiny", "100m", "500m"], sync_workers=[1, 2], sync_repeats=5,
@@ -39,12 +41,17 @@ def _guard(res: dict, key: str, fn):
 
 
 def _faulted(r: dict) -> str:
-    """How many timed puts faulted in (nearly) every page of the buffer."""
-    each = r.get("put_page_faults_each")
-    if not each:
+    """How many timed puts faulted in (nearly) every page of the buffer, and what that cost."""
+    faults, puts = r.get("put_page_faults_each"), r.get("put_s_each")
+    if not faults or not puts:
         return ""
-    pages = r["bytes"] / 4096
-    return f"; {sum(f > 0.5 * pages for f in each)} of {len(each)} puts page-faulted the whole buffer"
+    whole = [f > 0.5 * r["bytes"] / resource.getpagesize() for f in faults]
+    text = f"; {sum(whole)} of {len(whole)} puts page-faulted the whole buffer"
+    if 0 < sum(whole) < len(whole):
+        slow = median([p for p, w in zip(puts, whole) if w])
+        fast = median([p for p, w in zip(puts, whole) if not w])
+        text += f" ({slow * 1e3:.0f} ms each against {fast * 1e3:.0f} ms for the others)"
+    return text
 
 
 def closing_note(res: dict) -> str:
@@ -62,17 +69,18 @@ def closing_note(res: dict) -> str:
                    "with one copy (the put), as the floor counts; the rest is the workers' loads, which copy into "
                    "their engine's parameters below memcpy bandwidth on a 2-core machine"
                    + (f" ({parts})" if parts else "") + ". Some puts land in object-store memory that was just "
-                   "allocated: they pay a page fault per 4 KiB page and run about 5x slower than puts into pages "
-                   "touched before, so single syncs vary several-fold. Closing it: one persistent object-store "
+                   "allocated: they pay a page fault per page and run slower than puts into pages touched before "
+                   "(figures above), so single syncs vary. Closing it: one persistent object-store "
                    "buffer reused by every sync (no fresh pages), loading in place on the rollout side (engine "
                    "parameters backed by that buffer), and more cores than actors.")
     for r in res.get("overhead", {}).get("rows", []):
         if r["verdict_floor"] == "MISS" or r["crpo"]["verdict_overhead"] == "MISS":
             p = r["crpo"]["phases_s"]
             eng = r["floor"].get("engine_generate_s")
-            eng_txt = (f"; crpo-ray's engine run in the benchmark's own process takes {eng:.2f} s, so the rest of "
-                       "the generate gap is running inside Ray actors, whose background work (Ray Train's controller "
-                       "actors, the fleet, the dashboard agent) shares the cores") if eng else ""
+            eng_txt = (f"; the same engine run in the benchmark's own process takes {eng:.2f} s, so the "
+                       f"{p['time_generate'] - eng:+.2f} s between that and crpo-ray's generate is the cost of running "
+                       "inside Ray actors, whose background work (Ray Train's controller actors, the fleet, the "
+                       "dashboard agent) shares the cores") if eng else ""
             why.append(f"Step vs floor ({r['config']}): crpo-ray generate {p['time_generate']:.2f} s vs plain "
                        f"{r['floor']['generate_s']:.2f} s{eng_txt}; train {p['time_train']:.2f} s vs plain "
                        f"{r['floor']['train_s']:.2f} s (crpo-ray also computes full-vocabulary entropies and runs "

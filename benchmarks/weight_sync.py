@@ -88,7 +88,7 @@ def _one(path, n_workers: int, repeats: int, cfg) -> dict:
                               "load_s": median([r["load_s"] for r in packed])},
             "ratio": sync / floor, "target": TARGET, "verdict": verdict(sync / floor, TARGET), "repeats": len(shared),
             # every timed sync: a put into freshly allocated object-store memory pays a page fault
-            # per 4 KiB page (about 5x slower than a put into pages touched before), so they vary
+            # per page, so single syncs vary; the faults show which puts did
             "sync_s_each": [r["total_s"] for r in shared], "put_s_each": [r["put_s"] for r in shared],
             "put_page_faults_each": [r["put_faults"] for r in shared]}
 

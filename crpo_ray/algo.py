@@ -116,6 +116,15 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def _logprob_entropy_forward(logits: Tensor, targets: Tensor, temperature: float):
+    """``(log_p [B, T, V], logprobs [B, T], entropy [B, T])`` of ``logits / temperature``, at least float32."""
+    up = _at_least_float32(logits)
+    log_p = up / temperature if temperature != 1.0 else up.clone()
+    log_p.sub_(torch.logsumexp(log_p, dim=-1, keepdim=True))
+    logprobs = torch.gather(log_p, -1, targets.long().unsqueeze(-1)).squeeze(-1)
+    return log_p, logprobs, -(log_p.exp() * log_p).sum(dim=-1)
+
+
 class _LogprobEntropy(torch.autograd.Function):
     """Log-prob of the targets and full-vocabulary entropy in one pass, with a hand-written backward.
 
@@ -133,11 +142,7 @@ class _LogprobEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, temperature: float):
         ctx.set_materialize_grads(False)
-        up = _at_least_float32(logits)
-        log_p = up / temperature if temperature != 1.0 else up.clone()
-        log_p.sub_(torch.logsumexp(log_p, dim=-1, keepdim=True))
-        logprobs = torch.gather(log_p, -1, targets.long().unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_p.exp() * log_p).sum(dim=-1)
+        log_p, logprobs, entropy = _logprob_entropy_forward(logits, targets, temperature)
         ctx.save_for_backward(log_p, targets, entropy)
         ctx.temperature, ctx.logits_dtype = temperature, logits.dtype
         return logprobs, entropy
@@ -171,9 +176,7 @@ def token_logprobs_and_entropy(logits: Tensor, targets: Tensor, temperature: flo
     """
     if not (torch.is_grad_enabled() and logits.requires_grad):
         with torch.no_grad():
-            log_p = torch.log_softmax(_at_least_float32(logits) / temperature, dim=-1)
-            logprobs = torch.gather(log_p, -1, targets.long().unsqueeze(-1)).squeeze(-1)
-            return logprobs, -(log_p.exp() * log_p).sum(dim=-1)
+            return _logprob_entropy_forward(logits, targets, temperature)[1:]
     return _LogprobEntropy.apply(logits, targets, temperature)
 
 
@@ -280,6 +283,50 @@ def crpo_loss(
         raise ValueError(f"unknown aggregation '{aggregation}' (known: {', '.join(AGGREGATIONS)})")
     mask = mask.to(logprobs.dtype)
     adv = advantages.to(logprobs.dtype).unsqueeze(1)
+    per_token, ratio, is_weight = _clipped_pg_per_token(logprobs, old_logprobs, adv, clip_low, clip_high,
+                                                        behavior_logprobs, is_cap)
+    kl = _k3_kl(logprobs, ref_logprobs) if ref_logprobs is not None and kl_beta != 0.0 else None
+    if kl is not None:
+        per_token = per_token + kl_beta * kl
+    loss = AGGREGATIONS[aggregation](per_token, mask, num_tokens=num_tokens, num_sequences=num_sequences,
+                                     max_len=max_completion_length)
+    pg_only = loss
+
+    entropy_term, guard, counts = _stage_entropy_term(entropies, stage_ids, mask, stage_betas, num_sequences,
+                                                      entropy_ceiling)
+    if any(b != 0.0 for b in stage_betas):
+        loss = loss + entropy_term
+
+    metrics = _loss_metrics(ratio, adv, mask, clip_low, clip_high, entropies, stage_ids, counts, len(stage_betas))
+    metrics["pg_loss"] = pg_only.detach()
+    metrics["entropy_term"] = entropy_term.detach()
+    metrics["loss"] = loss.detach()
+    metrics.update(_optional_metrics(mask, kl, guard, is_weight, is_cap))
+    return loss, metrics
+
+
+def _k3_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """Per-token k3 estimator of KL(pi || pi_ref): ``exp(d) - d - 1`` with ``d = ref - logprobs``."""
+    delta = ref_logprobs - logprobs
+    return torch.exp(delta) - delta - 1.0
+
+
+def _optional_metrics(mask, kl, guard, is_weight, is_cap) -> dict:
+    """Metrics of the terms that are on only in some configurations (KL, entropy guard, async)."""
+    out = {}
+    if kl is not None:
+        out["kl"] = _masked_mean(kl, mask)
+    if guard is not None:
+        out["entropy_bonus_off_frac"] = guard
+    if is_weight is not None:
+        out["is_weight_mean"] = _masked_mean(is_weight, mask)
+        out["is_weight_capped_frac"] = _masked_mean((is_weight > is_cap).to(mask.dtype), mask)
+    return out
+
+
+def _clipped_pg_per_token(logprobs, old_logprobs, adv, clip_low, clip_high, behavior_logprobs, is_cap):
+    """PPO's clipped per-token term, times the truncated importance weight when a behavior
+    policy sampled the tokens. Returns ``(per_token, ratio, is_weight or None)``."""
     ratio = torch.exp(logprobs - old_logprobs)
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = -torch.min(ratio * adv, clipped * adv)
@@ -287,41 +334,20 @@ def crpo_loss(
     if behavior_logprobs is not None:
         is_weight = torch.exp(old_logprobs - behavior_logprobs).detach()
         per_token = per_token * is_weight.clamp(max=is_cap)
-    use_kl = ref_logprobs is not None and kl_beta != 0.0
-    if use_kl:
-        delta = ref_logprobs - logprobs
-        kl = torch.exp(delta) - delta - 1.0
-        per_token = per_token + kl_beta * kl
-    agg = AGGREGATIONS[aggregation]
-    loss = agg(per_token, mask, num_tokens=num_tokens, num_sequences=num_sequences, max_len=max_completion_length)
-    pg_only = loss
+    return per_token, ratio, is_weight
 
-    num_stages = len(stage_betas)
-    means, counts = stage_entropy_means(entropies, stage_ids, mask, num_stages)
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    return ((values * mask).sum() / mask.sum().clamp(min=1.0)).detach()
+
+
+def _stage_entropy_term(entropies: Tensor, stage_ids: Tensor, mask: Tensor, stage_betas: Sequence[float],
+                        num_sequences: Optional[float], ceiling: float) -> tuple:
+    """``sum_k beta_k * mean over samples of H_k``; with a ceiling, the fraction of present
+    (sample, bonus-stage) pairs whose bonus the ceiling switched off (else None); the
+    per-sample stage token counts ``[B, K]``."""
+    means, counts = stage_entropy_means(entropies, stage_ids, mask, len(stage_betas))
     seq_denom = means.shape[0] if num_sequences is None else num_sequences
-    entropy_term, guard = _stage_entropy_term(means, counts, stage_betas, seq_denom, entropy_ceiling)
-    if any(b != 0.0 for b in stage_betas):
-        loss = loss + entropy_term
-
-    metrics = _loss_metrics(ratio, adv, mask, clip_low, clip_high, entropies, stage_ids, counts, num_stages)
-    metrics["pg_loss"] = pg_only.detach()
-    metrics["entropy_term"] = entropy_term.detach()
-    metrics["loss"] = loss.detach()
-    if use_kl:
-        metrics["kl"] = ((kl * mask).sum() / mask.sum().clamp(min=1.0)).detach()
-    if guard is not None:
-        metrics["entropy_bonus_off_frac"] = guard
-    if is_weight is not None:
-        ntok = mask.sum().clamp(min=1.0)
-        metrics["is_weight_mean"] = ((is_weight * mask).sum() / ntok).detach()
-        metrics["is_weight_capped_frac"] = (((is_weight > is_cap).to(mask.dtype) * mask).sum() / ntok).detach()
-    return loss, metrics
-
-
-def _stage_entropy_term(means: Tensor, counts: Tensor, stage_betas: Sequence[float], seq_denom,
-                        ceiling: float) -> tuple:
-    """``sum_k beta_k * mean over samples of H_k`` and, with a ceiling, the fraction of present
-    (sample, bonus-stage) pairs whose bonus the ceiling switched off (else None)."""
     term = torch.zeros((), dtype=means.dtype, device=means.device)
     off = torch.zeros((), dtype=means.dtype, device=means.device)
     present = torch.zeros((), dtype=means.dtype, device=means.device)
@@ -337,7 +363,7 @@ def _stage_entropy_term(means: Tensor, counts: Tensor, stage_betas: Sequence[flo
             stage = stage.masked_fill(above, 0.0)
         term = term + beta * (stage.sum() / seq_denom)
     guarded = ceiling > 0.0 and any(b < 0.0 for b in stage_betas)
-    return term, ((off / present.clamp(min=1.0)).detach() if guarded else None)
+    return term, ((off / present.clamp(min=1.0)).detach() if guarded else None), counts
 
 
 def _loss_metrics(ratio, adv, mask, clip_low, clip_high, entropies, stage_ids, counts, num_stages) -> dict:
